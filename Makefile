@@ -1,0 +1,32 @@
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+
+.PHONY: venv demo test lock clean
+
+# The virtualenv is rebuilt whenever the lock file changes.
+$(BIN)/.synced: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.synced
+
+## Run the whole loop on simulated orders: flows -> Feast -> LightGBM -> gate -> Bento -> HTTP -> drift.
+demo: venv
+	$(BIN)/python -m eta.demo
+
+## Run the whole test suite against the real Redis, Prefect server and `bentoml serve`.
+test: venv
+	$(BIN)/python -m pytest
+
+## Recompile requirements.lock after editing requirements.in.
+lock: venv
+	$(BIN)/uv pip compile --quiet requirements.in -o requirements.lock --python-version 3.11
+
+clean:
+	rm -rf $(VENV) .eta

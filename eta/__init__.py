@@ -1,0 +1,1 @@
+"""eta: delivery-time prediction shared core (settings, orders schema, features, model I/O)."""

@@ -1,0 +1,97 @@
+"""Feast configuration built from settings, and the operations flows and the service run on the store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import redis
+from feast import FeatureStore, RepoConfig
+from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+
+from eta.settings import PROJECT_ROOT, Settings
+
+FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+OnlineStore = Literal["redis", "sqlite"]
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def online_store_kind(settings: Settings) -> OnlineStore:
+    """The online store to use: the configured one, or for `auto` Redis when it answers."""
+    if settings.online_store != "auto":
+        return settings.online_store
+    return "redis" if redis_answers(settings.redis_url) else "sqlite"
+
+
+def feast_redis_connection_string(url: str) -> str:
+    """Feast's `host:port,db=N,password=...,ssl=true` form of a redis:// or rediss:// URL."""
+    parsed = urlparse(url)
+    parts = [f"{parsed.hostname or 'localhost'}:{parsed.port or 6379}"]
+    db = parsed.path.lstrip("/")
+    if db:
+        parts.append(f"db={int(db)}")
+    if parsed.password:
+        parts.append(f"password={parsed.password}")
+    if parsed.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
+def repo_config(settings: Settings, online: OnlineStore) -> RepoConfig:
+    if online == "redis":
+        online_store = {"type": "redis", "connection_string": feast_redis_connection_string(settings.redis_url)}
+    else:
+        online_store = {"type": "sqlite", "path": str(settings.data_path / "online_store.db")}
+    return RepoConfig(
+        project=settings.feast_project,
+        provider="local",
+        registry=str(settings.data_path / "registry.db"),
+        online_store=online_store,
+        offline_store={"type": "duckdb"},
+        entity_key_serialization_version=3,
+        repo_path=str(FEATURE_REPO),
+    )
+
+
+def feature_store(settings: Settings, online: OnlineStore | None = None) -> FeatureStore:
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(settings, online or online_store_kind(settings)))
+
+
+@contextlib.contextmanager
+def _inside(path: Path) -> Iterator[None]:
+    """Feast's repo parser resolves definition modules against the working directory."""
+    cwd = os.getcwd()
+    sys.path.insert(0, str(path))
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(path))
+
+
+def apply_definitions(store: FeatureStore) -> None:
+    """`feast apply` for the feature repo: register definitions, create online tables, drop removed ones."""
+    with _inside(FEATURE_REPO):
+        repo = parse_repo(FEATURE_REPO)
+    apply_total_with_repo_instance(
+        store, store.config.project, store.registry, repo, skip_source_validation=False
+    )
+
+
+def materialize(store: FeatureStore, start: datetime, end: datetime) -> None:
+    """Load every feature view's latest values in [start, end] into the online store; rerunning is harmless."""
+    store.materialize(start_date=start, end_date=end)

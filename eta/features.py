@@ -1,0 +1,122 @@
+"""Feature definitions, one pure function per feature.
+
+Request-time features are computed by `model_inputs`, the one function both training (on the
+point-in-time training set) and serving (on a request plus online features) call. Store history and
+market state are computed from orders here and served by Feast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eta.orders import BASKET_COLUMNS, ESTIMATE_COLUMNS, MARKET_STATE_COLUMNS, delivery_minutes
+
+STORE_HISTORY_FEATURES = ["store_orders_7d", "store_mean_delivery_min_7d", "store_p90_delivery_min_7d"]
+MARKET_STATE_FEATURES = MARKET_STATE_COLUMNS
+REQUEST_FIELDS = ["created_at", "order_protocol", *BASKET_COLUMNS, *ESTIMATE_COLUMNS]
+DERIVED_FEATURES = ["hour_of_day", "day_of_week", "hour_of_week", "busy_dasher_ratio", "outstanding_per_dasher"]
+MODEL_FEATURES = [
+    *[f for f in REQUEST_FIELDS if f != "created_at"],
+    *STORE_HISTORY_FEATURES,
+    *MARKET_STATE_FEATURES,
+    *DERIVED_FEATURES,
+]
+
+Array = np.ndarray
+
+
+def _as_float(values: Any) -> Array:
+    return np.asarray(pd.to_numeric(pd.Series(np.asarray(values, dtype=object)), errors="coerce"), dtype=float)
+
+
+def _timestamps(created_at: Any) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(pd.to_datetime(np.asarray(created_at, dtype=object), utc=True))
+
+
+def hour_of_day(created_at: Any) -> Array:
+    return _timestamps(created_at).hour.to_numpy(dtype=float)
+
+
+def day_of_week(created_at: Any) -> Array:
+    return _timestamps(created_at).dayofweek.to_numpy(dtype=float)
+
+
+def hour_of_week(created_at: Any) -> Array:
+    return day_of_week(created_at) * 24 + hour_of_day(created_at)
+
+
+def _ratio(numerator: Array, denominator: Array) -> Array:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+
+
+def busy_dasher_ratio(total_busy_dashers: Array, total_onshift_dashers: Array) -> Array:
+    """Share of on-shift couriers already carrying an order: near 1, a new order waits for a courier."""
+    return _ratio(total_busy_dashers, total_onshift_dashers)
+
+
+def outstanding_per_dasher(total_outstanding_orders: Array, total_onshift_dashers: Array) -> Array:
+    return _ratio(total_outstanding_orders, total_onshift_dashers)
+
+
+def model_inputs(rows: Mapping[str, Any]) -> Array:
+    """The model's input matrix (n rows x MODEL_FEATURES) from request fields and Feast features.
+
+    `rows` maps each of REQUEST_FIELDS, STORE_HISTORY_FEATURES and MARKET_STATE_FEATURES to equal-length
+    array-likes: a training-set DataFrame, or a request's fields joined with online features.
+    Missing values stay NaN, which LightGBM handles natively.
+    """
+    columns = {name: _as_float(rows[name]) for name in MODEL_FEATURES if name not in DERIVED_FEATURES}
+    created_at = rows["created_at"]
+    derived = {
+        "hour_of_day": hour_of_day(created_at),
+        "day_of_week": day_of_week(created_at),
+        "hour_of_week": hour_of_week(created_at),
+        "busy_dasher_ratio": busy_dasher_ratio(columns["total_busy_dashers"], columns["total_onshift_dashers"]),
+        "outstanding_per_dasher": outstanding_per_dasher(
+            columns["total_outstanding_orders"], columns["total_onshift_dashers"]
+        ),
+    }
+    columns.update(derived)
+    return np.column_stack([columns[name] for name in MODEL_FEATURES])
+
+
+def store_history(orders: pd.DataFrame, window_days: int) -> pd.DataFrame:
+    """Trailing delivery stats per store, one row per delivery, stamped at the delivery time.
+
+    A row stamped t summarises orders *delivered* in (t - window, t], so a point-in-time join at an
+    order's creation never sees an order that was still on its way.
+    """
+    delivered = pd.DataFrame(
+        {
+            "store_id": orders["store_id"].to_numpy(),
+            "event_timestamp": orders["actual_delivery_time"].to_numpy(),
+            "minutes": delivery_minutes(orders).to_numpy(),
+        }
+    ).sort_values(["store_id", "event_timestamp"], kind="stable")
+    rolling = delivered.groupby("store_id").rolling(f"{window_days}D", on="event_timestamp")["minutes"]
+    history = pd.DataFrame(
+        {
+            "store_orders_7d": rolling.count().to_numpy(),
+            "store_mean_delivery_min_7d": rolling.mean().to_numpy(),
+            "store_p90_delivery_min_7d": rolling.quantile(0.9).to_numpy(),
+        },
+        index=delivered.index,
+    )
+    history.insert(0, "store_id", delivered["store_id"])
+    history.insert(1, "event_timestamp", delivered["event_timestamp"])
+    history["event_timestamp"] = pd.to_datetime(history["event_timestamp"], utc=True)
+    # Two deliveries in the same second: the later row already includes both.
+    history = history.drop_duplicates(["store_id", "event_timestamp"], keep="last")
+    return history.reset_index(drop=True)
+
+
+def market_state(orders: pd.DataFrame) -> pd.DataFrame:
+    """Market supply and demand as each order reported it, stamped at the order's creation."""
+    state = orders[["market_id", "created_at", *MARKET_STATE_FEATURES]].rename(columns={"created_at": "event_timestamp"})
+    state = state.dropna(subset=MARKET_STATE_FEATURES, how="all").sort_values("event_timestamp", kind="stable")
+    return state.drop_duplicates(["market_id", "event_timestamp"], keep="last").reset_index(drop=True)

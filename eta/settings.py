@@ -1,0 +1,105 @@
+"""One typed settings object: `eta.yaml` beside the project, overridden by `ETA_*` env vars."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE = Path(os.environ.get("ETA_CONFIG", PROJECT_ROOT / "eta.yaml"))
+
+
+class FeatureSettings(BaseModel):
+    store_history_days: int = Field(7, ge=1)
+    store_history_ttl_days: int = Field(14, ge=1)
+    market_state_ttl_minutes: int = Field(60, ge=1)
+
+
+class ValidationSettings(BaseModel):
+    max_delivery_minutes: float = Field(360, gt=0)
+    max_items: int = Field(500, ge=1)
+
+
+class SimulationSettings(BaseModel):
+    markets: int = Field(3, ge=1)
+    stores: int = Field(60, ge=1)
+    days: int = Field(14, ge=1)
+    orders_per_store_day: float = Field(12, gt=0)
+    seed: int = 7
+    start: date = date(2026, 10, 1)
+
+
+class TrainingSettings(BaseModel):
+    holdout_days: float = Field(2, gt=0)
+    num_boost_round: int = Field(300, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(40, ge=1)
+    promote_margin: float = Field(0.0, ge=0)
+
+
+class DriftSettings(BaseModel):
+    recent_days: float = Field(2, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ETA_", env_nested_delimiter="__", yaml_file=CONFIG_FILE, extra="ignore"
+    )
+
+    data_dir: Path = Path(".eta")
+    redis_url: str = "redis://localhost:6379/0"
+    online_store: Literal["auto", "redis", "sqlite"] = "auto"
+    feast_project: str = Field("eta_sim", pattern=r"^[a-z][a-z0-9_]*$")
+    model_name: str = "eta_delivery"
+    feature_service: str = "eta_delivery_v1"
+    features: FeatureSettings = FeatureSettings()
+    validation: ValidationSettings = ValidationSettings()
+    simulation: SimulationSettings = SimulationSettings()
+    training: TrainingSettings = TrainingSettings()
+    drift: DriftSettings = DriftSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @property
+    def data_path(self) -> Path:
+        """Absolute data folder: relative paths are taken from the config file's folder."""
+        path = self.data_dir if self.data_dir.is_absolute() else CONFIG_FILE.parent / self.data_dir
+        return path.resolve()
+
+    @property
+    def orders_path(self) -> Path:
+        return self.data_path / "orders.parquet"
+
+    @property
+    def features_path(self) -> Path:
+        return self.data_path / "features"
+
+    @property
+    def reports_path(self) -> Path:
+        return self.data_path / "reports"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,52 @@
+"""Feast definitions for eta: entities, feature views and the feature service the model and the service share.
+
+Definitions only: Feast imports this file on apply, so nothing here runs work. Sources point at the
+Parquet tables that the features flow writes under the configured data folder; feature names come
+from `eta.features` so training and serving can never disagree on them.
+"""
+
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64
+
+from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES
+from eta.settings import get_settings
+
+settings = get_settings()
+
+store = Entity(name="store", join_keys=["store_id"], value_type=ValueType.INT64, description="A restaurant")
+market = Entity(name="market", join_keys=["market_id"], value_type=ValueType.INT64, description="A city or region")
+
+store_history_source = FileSource(
+    name="store_history_source",
+    path=str(settings.features_path / "store_history.parquet"),
+    timestamp_field="event_timestamp",
+)
+market_state_source = FileSource(
+    name="market_state_source",
+    path=str(settings.features_path / "market_state.parquet"),
+    timestamp_field="event_timestamp",
+)
+
+store_history = FeatureView(
+    name="store_history",
+    entities=[store],
+    ttl=timedelta(days=settings.features.store_history_ttl_days),
+    schema=[Field(name=name, dtype=Float64) for name in STORE_HISTORY_FEATURES],
+    source=store_history_source,
+    online=True,
+    description="Trailing delivery minutes (mean, p90) and order count of orders delivered by the store",
+)
+
+market_state = FeatureView(
+    name="market_state",
+    entities=[market],
+    ttl=timedelta(minutes=settings.features.market_state_ttl_minutes),
+    schema=[Field(name=name, dtype=Float64) for name in MARKET_STATE_FEATURES],
+    source=market_state_source,
+    online=True,
+    description="Couriers on shift, couriers busy and outstanding orders in the market",
+)
+
+eta_delivery = FeatureService(name=settings.feature_service, features=[store_history, market_state])

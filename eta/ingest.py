@@ -1,0 +1,57 @@
+"""Ingest a batch of orders into the order history: validated, deduplicated by order id, idempotent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from eta.orders import ORDER_COLUMNS, OrdersBatch
+from eta.settings import Settings
+
+
+class BatchRejected(ValueError):
+    """Raised when most of a batch is invalid: something upstream is broken, not a few bad rows."""
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """A crash mid-write never leaves a half-written table behind: write beside it, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_history(settings: Settings) -> pd.DataFrame:
+    """All orders ingested so far, oldest first (empty with the right columns when none are)."""
+    if not settings.orders_path.exists():
+        return pd.DataFrame(columns=["order_id", *ORDER_COLUMNS])
+    return pd.read_parquet(settings.orders_path)
+
+
+def ingest_batch(batch: OrdersBatch, settings: Settings, max_rejected_share: float = 0.5) -> dict[str, object]:
+    """Append a validated batch's new orders to the history and its rejected rows to quarantine.
+
+    Rerunning the same batch adds nothing: orders already held (same `order_id`) are skipped.
+    """
+    report = batch.report
+    rows_in = int(report["rows_in"])
+    if rows_in and len(batch.rejected) / rows_in > max_rejected_share:
+        raise BatchRejected(
+            f"{len(batch.rejected)} of {rows_in} rows failed validation (over {max_rejected_share:.0%}): "
+            f"{report['reasons']}"
+        )
+    history = read_history(settings)
+    new = batch.accepted[~batch.accepted["order_id"].isin(history["order_id"])]
+    if len(new):
+        merged = pd.concat([history, new[history.columns]], ignore_index=True) if len(history) else new
+        merged = merged.sort_values(["created_at", "order_id"], kind="stable").reset_index(drop=True)
+        write_table(merged, settings.orders_path)
+    quarantine = settings.data_path / "quarantine.parquet"
+    if len(batch.rejected):
+        held = pd.read_parquet(quarantine) if quarantine.exists() else None
+        rejected = batch.rejected.astype(str)
+        merged_rejects = pd.concat([held, rejected], ignore_index=True) if held is not None else rejected
+        write_table(merged_rejects.drop_duplicates(), quarantine)
+    return {**report, "new_orders": len(new), "orders_held": len(history) + len(new)}

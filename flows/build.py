@@ -1,0 +1,47 @@
+"""Build the Bento: `bentoml build` packs the service, the shared core and the production model.
+
+Run: `python -m flows.build` or `eta build`. Containerizing (`bentoml containerize`) needs a Docker engine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from prefect import flow, get_run_logger, task
+
+from eta.registry import production_tag
+from eta.settings import PROJECT_ROOT
+from flows.common import settings_with
+
+
+@task(retries=1, retry_delay_seconds=[5])
+def bentoml_build(model_tag: str) -> str:
+    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    result = subprocess.run(
+        [bentoml, "build", "-f", "bentofile.yaml", "--output", "tag"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "ETA_MODEL_TAG": model_tag},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"bentoml build failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
+@flow(name="build-bento", log_prints=True)
+def build_bento() -> str:
+    settings = settings_with()
+    tag = production_tag(settings)
+    if tag is None:
+        raise RuntimeError("no production model yet: run the train flow, whose gate promotes one")
+    bento = bentoml_build(tag)
+    get_run_logger().info("built Bento %s with model %s", bento, tag)
+    return bento
+
+
+if __name__ == "__main__":
+    build_bento()

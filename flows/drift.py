@@ -1,0 +1,52 @@
+"""Check drift: Evidently report between the production model's training window and the latest orders.
+
+Writes HTML (open it in a browser) and JSON under the data folder's `reports/`; returns whether
+the data drifted. Run: `python -m flows.drift` or `eta drift`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from eta.ingest import read_history
+from eta.registry import model_metadata, production_tag
+from eta.settings import Settings
+from flows.common import settings_with
+from monitoring.drift import drift_report, split_for_drift
+
+
+@task(retries=2, retry_delay_seconds=[1, 5])
+def run_drift_report(settings: Settings) -> dict[str, object]:
+    tag = production_tag(settings)
+    if tag is None:
+        raise RuntimeError("no production model yet: drift is measured against its training window")
+    train_end = pd.Timestamp(model_metadata(tag)["window"]["train_end"])
+    reference, current = split_for_drift(read_history(settings), train_end, settings.drift.recent_days)
+    return {**drift_report(reference, current, settings.reports_path), "model": tag}
+
+
+@flow(name="check-drift", log_prints=True)
+def check_drift(recent_days: float | None = None) -> dict[str, object]:
+    settings = settings_with(drift__recent_days=recent_days)
+    summary = run_drift_report(settings)
+    get_run_logger().info(
+        "drift detected: %s; drifted columns: %s; report: %s",
+        summary["drift_detected"], summary["drifted_columns"], summary["html"],
+    )
+    create_markdown_artifact(
+        key="drift-report",
+        markdown=(
+            f"**Dataset drift: {'yes' if summary['drift_detected'] else 'no'}** "
+            f"({len(summary['drifted_columns'])} of {summary['columns_checked']} columns drifted: "
+            f"{', '.join(summary['drifted_columns']) or 'none'}).\n\n"
+            f"Reference {summary['reference_orders']} orders (training window of {summary['model']}), "
+            f"current {summary['current_orders']} orders.\n\nReport: `{summary['html']}`"
+        ),
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    check_drift()

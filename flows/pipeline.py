@@ -1,0 +1,44 @@
+"""The parent flow: ingest -> features -> train -> gate -> build -> drift, a log line per stage with its time.
+
+Run: `python -m flows.pipeline` or `eta run [--orders FILE]`; scheduled through `prefect.yaml`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.build import build_bento
+from flows.drift import check_drift
+from flows.features import build_features
+from flows.ingest import ingest_orders
+from flows.train import train_model
+
+
+@flow(name="eta-pipeline", log_prints=True)
+def eta_pipeline(orders_file: str | None = None, days: int | None = None, build: bool = True) -> dict[str, Any]:
+    logger = get_run_logger()
+    stages: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+
+    def stage(name: str, run: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        stages[name] = run()
+        timings[name] = round(time.perf_counter() - started, 2)
+        logger.info("stage %-8s done in %6.2f s", name, timings[name])
+        return stages[name]
+
+    stage("ingest", lambda: ingest_orders(orders_file=orders_file, days=days))
+    stage("features", build_features)
+    trained = stage("train", train_model)
+    if build and trained["gate"]["production"] is not None:
+        stage("build", build_bento)
+    stage("drift", check_drift)
+    return {**stages, "timings_s": timings}
+
+
+if __name__ == "__main__":
+    eta_pipeline()

@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 $(BIN)/.synced: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
@@ -18,7 +18,7 @@ venv: $(BIN)/.synced
 
 ## Run the whole loop on simulated orders: flows -> Feast -> LightGBM -> gate -> Bento -> HTTP -> drift.
 demo: venv
-	$(BIN)/python -m eta.demo
+	$(BIN)/python -m flows.demo
 
 ## Run the whole test suite against the real Redis, Prefect server and `bentoml serve`.
 test: venv

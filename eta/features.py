@@ -30,11 +30,16 @@ Array = np.ndarray
 
 
 def _as_float(values: Any) -> Array:
-    return np.asarray(pd.to_numeric(pd.Series(np.asarray(values, dtype=object)), errors="coerce"), dtype=float)
+    """Numbers as float64, with None/NA as NaN (a missing online feature arrives as None)."""
+    if isinstance(values, pd.Series):
+        return values.to_numpy(dtype=float, na_value=np.nan)
+    return np.asarray(values, dtype=float)
 
 
 def _timestamps(created_at: Any) -> pd.DatetimeIndex:
-    return pd.DatetimeIndex(pd.to_datetime(np.asarray(created_at, dtype=object), utc=True))
+    if isinstance(created_at, pd.DatetimeIndex) and created_at.tz is not None:
+        return created_at
+    return pd.DatetimeIndex(pd.to_datetime(created_at, utc=True))
 
 
 def hour_of_day(created_at: Any) -> Array:
@@ -71,7 +76,7 @@ def model_inputs(rows: Mapping[str, Any]) -> Array:
     Missing values stay NaN, which LightGBM handles natively.
     """
     columns = {name: _as_float(rows[name]) for name in MODEL_FEATURES if name not in DERIVED_FEATURES}
-    created_at = rows["created_at"]
+    created_at = _timestamps(rows["created_at"])
     derived = {
         "hour_of_day": hour_of_day(created_at),
         "day_of_week": day_of_week(created_at),

@@ -79,8 +79,8 @@ def gate(challenger_mae: float, champion_mae: float | None, baseline_mae: float,
         promote, reason = False, f"challenger MAE {challenger_mae:.2f} does not beat the naive median {baseline_mae:.2f}"
     elif champion_mae is None:
         promote, reason = True, "no model in production; challenger beats the naive median"
-    elif challenger_mae <= champion_mae - margin:
-        promote, reason = True, f"challenger MAE {challenger_mae:.2f} beats champion {champion_mae:.2f} by >= {margin}"
+    elif challenger_mae < champion_mae - margin:
+        promote, reason = True, f"challenger MAE {challenger_mae:.2f} beats champion {champion_mae:.2f} by more than {margin}"
     else:
         promote, reason = False, f"challenger MAE {challenger_mae:.2f} does not beat champion {champion_mae:.2f} by {margin}"
     return GateDecision(promote, reason, challenger_mae, champion_mae, baseline_mae, margin)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import bentoml
 from prefect import flow, get_run_logger, task
 
 from eta.registry import production_tag
@@ -16,11 +17,13 @@ from eta.settings import PROJECT_ROOT
 from flows.common import settings_with
 
 
+BENTO_NAME = "eta"
+
+
 @task(retries=1, retry_delay_seconds=[5])
 def bentoml_build(model_tag: str) -> str:
-    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
     result = subprocess.run(
-        [bentoml, "build", "-f", "bentofile.yaml", "--output", "tag"],
+        [os.path.join(os.path.dirname(sys.executable), "bentoml"), "build", "-f", "bentofile.yaml", "--output", "tag"],
         cwd=PROJECT_ROOT,
         env={**os.environ, "ETA_MODEL_TAG": model_tag},
         capture_output=True,
@@ -32,12 +35,25 @@ def bentoml_build(model_tag: str) -> str:
     return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
+def bento_serving(model_tag: str) -> str | None:
+    """The newest Bento already built around `model_tag`, if any."""
+    for bento in sorted(bentoml.bentos.list(BENTO_NAME), key=lambda b: b.info.creation_time, reverse=True):
+        if any(str(model.tag) == model_tag for service in bento.info.services for model in service.models):
+            return str(bento.tag)
+    return None
+
+
 @flow(name="build-bento", log_prints=True)
-def build_bento() -> str:
+def build_bento(force: bool = False) -> str:
+    """Build a Bento for the production model, unless one exists already (rebuilding would change nothing)."""
     settings = settings_with()
     tag = production_tag(settings)
     if tag is None:
         raise RuntimeError("no production model yet: run the train flow, whose gate promotes one")
+    existing = None if force else bento_serving(tag)
+    if existing:
+        get_run_logger().info("Bento %s already serves model %s; not rebuilding", existing, tag)
+        return existing
     bento = bentoml_build(tag)
     get_run_logger().info("built Bento %s with model %s", bento, tag)
     return bento

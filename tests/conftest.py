@@ -1,0 +1,85 @@
+"""Shared fixtures: one isolated data folder, Feast project, BentoML home and Prefect server per test session.
+
+Everything runs for real: Redis at 127.0.0.1:6379 (this session's own Feast project in db 14, torn
+down afterwards), a Prefect server process, DuckDB as Feast's offline store, `bentoml serve`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+# Settings are read from the environment once: isolate this session before anything imports eta.
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="eta-tests-"))
+os.environ.update(
+    {
+        "ETA_DATA_DIR": str(SESSION_DIR / "data"),
+        "ETA_FEAST_PROJECT": f"eta_test_{uuid.uuid4().hex[:8]}",
+        "ETA_REDIS_URL": os.environ.get("ETA_TEST_REDIS_URL", "redis://127.0.0.1:6379/14"),
+        "ETA_ONLINE_STORE": "redis",
+        "ETA_SIMULATION__DAYS": "10",
+        "ETA_SIMULATION__STORES": "40",
+        "ETA_SIMULATION__MARKETS": "2",
+        "ETA_TRAINING__NUM_BOOST_ROUND": "150",
+        "BENTOML_HOME": str(SESSION_DIR / "bentoml"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+)
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+from eta.settings import Settings, get_settings  # noqa: E402
+
+SHARED_ORDERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "doordash_orders_sample.csv"
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(settings: Settings):
+    from flows.prefect_api import prefect_api
+
+    with prefect_api(SESSION_DIR / "prefect") as api_url:
+        yield api_url
+
+
+@pytest.fixture(scope="session")
+def pipeline_result(settings: Settings, prefect_server: str) -> dict:
+    """The parent flow, run once on simulated orders through the real Prefect server."""
+    from flows.pipeline import eta_pipeline
+
+    return eta_pipeline()
+
+
+@pytest.fixture(scope="session")
+def service_url(settings: Settings, pipeline_result: dict):
+    """The Bento the pipeline built, served by a real `bentoml serve` process."""
+    from flows.service_process import bento_server
+
+    with bento_server(pipeline_result["build"], settings, SESSION_DIR / "bento.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup(settings: Settings):
+    yield
+    from eta.feature_store import feature_store
+
+    if (settings.data_path / "registry.db").exists():
+        feature_store(settings, "redis").teardown()
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path) -> Settings:
+    """Settings for a test of its own: own data folder and Feast project, Feast's SQLite online store."""
+    return get_settings().model_copy(
+        update={"data_dir": tmp_path, "feast_project": f"eta_unit_{uuid.uuid4().hex[:8]}", "online_store": "sqlite"}
+    )

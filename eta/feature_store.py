@@ -86,6 +86,9 @@ def _inside(path: Path) -> Iterator[None]:
 def apply_definitions(store: FeatureStore) -> None:
     """`feast apply` for the feature repo: register definitions, create online tables, drop removed ones."""
     with _inside(FEATURE_REPO):
+        # Definitions read settings when imported: re-import them so they reflect the current ones.
+        for module in [p.stem for p in FEATURE_REPO.glob("*.py")]:
+            sys.modules.pop(module, None)
         repo = parse_repo(FEATURE_REPO)
     apply_total_with_repo_instance(
         store, store.config.project, store.registry, repo, skip_source_validation=False

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import bentoml
+from bentoml.exceptions import NotFound
 from prefect import flow, get_run_logger, task
 
 from eta.registry import production_tag
@@ -37,7 +38,11 @@ def bentoml_build(model_tag: str) -> str:
 
 def bento_serving(model_tag: str) -> str | None:
     """The newest Bento already built around `model_tag`, if any."""
-    for bento in sorted(bentoml.bentos.list(BENTO_NAME), key=lambda b: b.info.creation_time, reverse=True):
+    try:
+        bentos = bentoml.bentos.list(BENTO_NAME)
+    except NotFound:  # no Bento built yet
+        return None
+    for bento in sorted(bentos, key=lambda b: b.info.creation_time, reverse=True):
         if any(str(model.tag) == model_tag for service in bento.info.services for model in service.models):
             return str(bento.tag)
     return None

@@ -78,8 +78,11 @@ def _cleanup(settings: Settings):
 
 
 @pytest.fixture
-def local_settings(tmp_path: Path) -> Settings:
+def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Settings for a test of its own: own data folder and Feast project, Feast's SQLite online store."""
-    return get_settings().model_copy(
-        update={"data_dir": tmp_path, "feast_project": f"eta_unit_{uuid.uuid4().hex[:8]}", "online_store": "sqlite"}
-    )
+    monkeypatch.setenv("ETA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ETA_FEAST_PROJECT", f"eta_unit_{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("ETA_ONLINE_STORE", "sqlite")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()

@@ -1,0 +1,90 @@
+"""End to end: the parent flow through a real Prefect server, features in the real Redis, a Bento, a drift report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+from eta.feature_store import feature_store
+from eta.registry import production_tag
+from eta.settings import PROJECT_ROOT
+
+STAGES = ["ingest", "features", "train", "build", "drift"]
+
+
+def test_parent_flow_ran_every_stage_through_the_prefect_api(pipeline_result, prefect_server):
+    assert list(pipeline_result["timings_s"]) == STAGES
+    with get_client(sync_client=True) as client:
+        parent = next(r for r in client.read_flow_runs() if r.name and client.read_flow(r.flow_id).name == "eta-pipeline")
+        assert parent.state.is_completed()
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id]))
+        )
+        names = sorted(client.read_flow(r.flow_id).name for r in children)
+        assert names == sorted(["ingest-orders", "build-features", "train-model", "build-bento", "check-drift"])
+        assert all(r.state.is_completed() for r in children)
+        keys = {a.key for a in client.read_artifacts()}
+        assert {"ingest-report", "feature-tables", "model-metrics", "drift-report"} <= keys
+
+
+def test_features_landed_in_the_real_redis(pipeline_result, settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    project = settings.feast_project.encode()
+    keys = [k for k in client.scan_iter(count=1000) if k.endswith(project)]
+    stores_and_markets = settings.simulation.stores + settings.simulation.markets
+    assert len(keys) >= 0.9 * stores_and_markets
+    online = feature_store(settings, "redis").get_online_features(
+        features=feature_store(settings, "redis").get_feature_service(settings.feature_service),
+        entity_rows=[{"store_id": 1, "market_id": 1}],
+    ).to_dict()
+    assert online["store_orders_7d"][0] > 0 and online["total_onshift_dashers"][0] >= 1
+
+
+def test_model_beats_the_naive_baseline_and_was_promoted(pipeline_result, settings):
+    trained = pipeline_result["train"]
+    assert trained["metrics"]["mae_min"] < 0.8 * trained["metrics"]["baseline_mae_min"]
+    assert trained["gate"]["promote"] and production_tag(settings) == trained["model"]
+
+
+def test_drift_report_is_written_as_html_and_json(pipeline_result):
+    drift = pipeline_result["drift"]
+    assert isinstance(drift["drift_detected"], bool)
+    html = Path(drift["html"]).read_text()
+    assert "Drift Summary" in html and "estimated_store_to_consumer_driving_duration" in html
+    summary = json.loads(Path(drift["json"]).read_text())["summary"]
+    assert summary["drift_detected"] == drift["drift_detected"] and summary["current_orders"] > 0
+
+
+def test_rerunning_ingest_and_training_is_safe_and_the_gate_refuses_a_model_no_better(pipeline_result, settings):
+    from flows.ingest import ingest_orders
+    from flows.train import train_model
+
+    before = production_tag(settings)
+    assert ingest_orders()["new_orders"] == 0
+    again = train_model()
+    assert not again["gate"]["promote"] and "does not beat champion" in again["gate"]["reason"]
+    assert again["gate"]["champion_mae_min"] == again["metrics"]["mae_min"], "champion scored on the same window"
+    assert production_tag(settings) == before
+
+
+def test_prefect_yaml_deploys_with_schedules(prefect_server):
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    subprocess.run([prefect, "work-pool", "create", "eta", "--type", "process"], env=env, check=False,
+                   capture_output=True, cwd=PROJECT_ROOT)
+    result = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, capture_output=True, text=True,
+                            cwd=PROJECT_ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    declared = {d["name"]: d["schedules"][0]["cron"] for d in yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]}
+    with get_client(sync_client=True) as client:
+        deployed = {d.name: d for d in client.read_deployments()}
+    for name, cron in declared.items():
+        assert name in deployed and deployed[name].schedules[0].schedule.cron == cron

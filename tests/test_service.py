@@ -1,0 +1,86 @@
+"""The real `bentoml serve` process of the built Bento: answers, validation errors, training/serving parity."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from eta.feature_store import feature_store
+from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES, model_inputs
+from eta.ingest import read_history
+from eta.registry import load_booster, production_tag
+from eta.training import training_set
+
+REQUEST = [
+    "store_id", "market_id", "order_protocol", "total_items", "subtotal", "num_distinct_items", "min_item_price",
+    "max_item_price", "estimated_order_place_duration", "estimated_store_to_consumer_driving_duration",
+]
+
+
+def _request(order: pd.Series) -> dict:
+    return {field: order[field].item() for field in REQUEST} | {"created_at": order["created_at"].isoformat()}
+
+
+@pytest.fixture(scope="module")
+def last_order(settings, pipeline_result) -> pd.Series:
+    return read_history(settings).iloc[-1]
+
+
+def test_an_order_gets_a_sane_eta_from_the_production_model(service_url, settings, last_order):
+    response = httpx.post(f"{service_url}/eta/order", json=_request(last_order), timeout=10)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert 5 < answer["minutes"] < 180
+    assert answer["model_version"] == production_tag(settings)
+    assert answer["store_features_found"] and answer["market_features_found"]
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"total_items": 0}, "total_items"),
+        ({"market_id": "north"}, "market_id"),
+        ({"estimated_store_to_consumer_driving_duration": None}, "estimated_store_to_consumer_driving_duration"),
+        ({"created_at": "not a time"}, "created_at"),
+    ],
+)
+def test_a_malformed_request_gets_a_4xx_naming_the_field(service_url, last_order, change, field):
+    response = httpx.post(f"{service_url}/eta/order", json=_request(last_order) | change, timeout=10)
+    assert 400 <= response.status_code < 500
+    assert field in response.text
+
+
+def test_a_missing_field_is_named(service_url, last_order):
+    body = _request(last_order)
+    del body["subtotal"]
+    response = httpx.post(f"{service_url}/eta/order", json=body, timeout=10)
+    assert 400 <= response.status_code < 500 and "subtotal" in response.text
+
+
+def test_openapi_docs_describe_the_endpoint(service_url):
+    spec = httpx.get(f"{service_url}/docs.json", timeout=10).json()
+    assert "/eta/order" in spec["paths"]
+
+
+def test_service_and_training_set_compute_the_same_features_and_eta(service_url, settings, last_order):
+    """Parity: the online answer equals the model applied to Feast's training row for the same order and moment."""
+    store = feature_store(settings, "redis")
+    online = store.get_online_features(
+        features=store.get_feature_service(settings.feature_service),
+        entity_rows=[{"store_id": int(last_order["store_id"]), "market_id": int(last_order["market_id"])}],
+    ).to_dict()
+    # The online store holds the newest values; the same point in time offline is just after the last event.
+    history = read_history(settings)
+    moment = history["actual_delivery_time"].max() + pd.Timedelta(seconds=1)
+    offline = training_set(store, history.iloc[[-1]].assign(created_at=moment), settings.feature_service)
+
+    served_row = {k: [v] for k, v in _request(last_order).items()} | {"created_at": [moment]}
+    served_row |= {name: online[name] for name in [*STORE_HISTORY_FEATURES, *MARKET_STATE_FEATURES]}
+    np.testing.assert_allclose(model_inputs(served_row), model_inputs(offline), rtol=0, atol=1e-9)
+
+    body = _request(last_order) | {"created_at": moment.isoformat()}
+    served = httpx.post(f"{service_url}/eta/order", json=body, timeout=10).json()["minutes"]
+    expected = load_booster(production_tag(settings)).predict(model_inputs(offline))[0]
+    assert served == pytest.approx(expected, abs=0.006)

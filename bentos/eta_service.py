@@ -55,6 +55,10 @@ class EtaService:
         self.booster = lgb.Booster(model_file=self.model.path_of(MODEL_FILE))
         self.store = feature_store(settings, online_store_kind(settings))
         self.feature_service = self.store.get_feature_service(settings.feature_service)
+        # Warm the registry cache, the Redis connection and the model before the first real request.
+        self.order(Order(store_id=0, market_id=1, order_protocol=1, total_items=1, subtotal=0, num_distinct_items=1,
+                         min_item_price=0, max_item_price=0, estimated_order_place_duration=0,
+                         estimated_store_to_consumer_driving_duration=0))
 
     @bentoml.api(route="/eta/order")
     def order(self, order: Order, /) -> Eta:

@@ -84,3 +84,9 @@ def test_service_and_training_set_compute_the_same_features_and_eta(service_url,
     served = httpx.post(f"{service_url}/eta/order", json=body, timeout=10).json()["minutes"]
     expected = load_booster(production_tag(settings)).predict(model_inputs(offline))[0]
     assert served == pytest.approx(expected, abs=0.006)
+
+
+def test_prometheus_metrics_count_requests_per_endpoint(service_url, last_order):
+    httpx.post(f"{service_url}/eta/order", json=_request(last_order), timeout=10)
+    metrics = httpx.get(f"{service_url}/metrics", timeout=10).text
+    assert 'bentoml_service_request_total{' in metrics and 'endpoint="/eta/order"' in metrics

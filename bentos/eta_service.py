@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
+from pathlib import Path
+
 import bentoml
-import lightgbm as lgb
 from pydantic import BaseModel, Field
 
 from eta.feature_store import feature_store, online_store_kind
 from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES, model_inputs
-from eta.registry import MODEL_FILE, production_tag
+from eta.registry import load_model_from, production_tag
 from eta.settings import get_settings
 
 settings = get_settings()
@@ -41,7 +42,8 @@ class Order(BaseModel):
 
 
 class Eta(BaseModel):
-    minutes: float = Field(description="Predicted minutes from order creation to delivery")
+    minutes: float = Field(description="Predicted minutes from order creation to delivery (median)")
+    range_min: tuple[float, float] = Field(description="Calibrated 80% range in minutes, as shown to the customer")
     model_version: str
     store_features_found: bool = Field(description="False when the store has no recent history online")
     market_features_found: bool
@@ -52,7 +54,8 @@ class EtaService:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.booster = lgb.Booster(model_file=self.model.path_of(MODEL_FILE))
+        # On an instance, BentoML resolves the declared model to the stored one.
+        self.eta_model = load_model_from(Path(self.model.path), self.model.info.metadata)
         self.store = feature_store(settings, online_store_kind(settings))
         self.feature_service = self.store.get_feature_service(settings.feature_service)
         # Warm the registry cache, the Redis connection and the model before the first real request.
@@ -70,9 +73,10 @@ class EtaService:
         row["created_at"] = row["created_at"] or datetime.now(timezone.utc)
         columns = {name: [value] for name, value in row.items()}
         columns.update({name: online[name] for name in [*STORE_HISTORY_FEATURES, *MARKET_STATE_FEATURES]})
-        minutes = float(self.booster.predict(model_inputs(columns))[0])
+        point, lower, upper = self.eta_model.predict(model_inputs(columns))
         return Eta(
-            minutes=round(minutes, 2),
+            minutes=round(float(point[0]), 2),
+            range_min=(round(float(lower[0]), 1), round(float(upper[0]), 1)),
             model_version=str(self.model.tag),
             store_features_found=online[STORE_HISTORY_FEATURES[0]][0] is not None,
             market_features_found=online[MARKET_STATE_FEATURES[0]][0] is not None,

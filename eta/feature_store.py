@@ -12,7 +12,7 @@ from typing import Literal
 from urllib.parse import urlparse
 
 import redis
-from feast import FeatureStore, RepoConfig
+from feast import FeatureStore, FileSource, RepoConfig
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
 from eta.settings import PROJECT_ROOT, Settings
@@ -53,11 +53,11 @@ def repo_config(settings: Settings, online: OnlineStore) -> RepoConfig:
     if online == "redis":
         online_store = {"type": "redis", "connection_string": feast_redis_connection_string(settings.redis_url)}
     else:
-        online_store = {"type": "sqlite", "path": str(settings.data_path / "online_store.db")}
+        online_store = {"type": "sqlite", "path": str(settings.project_path / "online_store.db")}
     return RepoConfig(
         project=settings.feast_project,
         provider="local",
-        registry=str(settings.data_path / "registry.db"),
+        registry=str(settings.project_path / "registry.db"),
         online_store=online_store,
         offline_store={"type": "duckdb"},
         entity_key_serialization_version=3,
@@ -66,7 +66,7 @@ def repo_config(settings: Settings, online: OnlineStore) -> RepoConfig:
 
 
 def feature_store(settings: Settings, online: OnlineStore | None = None) -> FeatureStore:
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    settings.project_path.mkdir(parents=True, exist_ok=True)
     return FeatureStore(config=repo_config(settings, online or online_store_kind(settings)))
 
 
@@ -83,13 +83,16 @@ def _inside(path: Path) -> Iterator[None]:
         sys.path.remove(str(path))
 
 
-def apply_definitions(store: FeatureStore) -> None:
+def apply_definitions(store: FeatureStore, settings: Settings) -> None:
     """`feast apply` for the feature repo: register definitions, create online tables, drop removed ones."""
     with _inside(FEATURE_REPO):
         # Definitions read settings when imported: re-import them so they reflect the current ones.
         for module in [p.stem for p in FEATURE_REPO.glob("*.py")]:
             sys.modules.pop(module, None)
         repo = parse_repo(FEATURE_REPO)
+    for source in repo.data_sources:
+        if isinstance(source, FileSource) and not Path(source.path).is_absolute():
+            source.file_options.uri = str(settings.features_path / source.path)
     apply_total_with_repo_instance(
         store, store.config.project, store.registry, repo, skip_source_validation=False
     )

@@ -48,7 +48,7 @@ def ingest_batch(batch: OrdersBatch, settings: Settings, max_rejected_share: flo
         merged = pd.concat([history, new[history.columns]], ignore_index=True) if len(history) else new
         merged = merged.sort_values(["created_at", "order_id"], kind="stable").reset_index(drop=True)
         write_table(merged, settings.orders_path)
-    quarantine = settings.data_path / "quarantine.parquet"
+    quarantine = settings.project_path / "quarantine.parquet"
     if len(batch.rejected):
         held = pd.read_parquet(quarantine) if quarantine.exists() else None
         rejected = batch.rejected.astype(str)

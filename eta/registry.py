@@ -1,50 +1,119 @@
-"""Models in the BentoML model store, the production pointer, and the promotion gate."""
+"""Models in the BentoML model store, the production pointer with its history, and the promotion gate."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import bentoml
 import lightgbm as lgb
 from bentoml.exceptions import NotFound
 
 from eta.features import MODEL_FEATURES
-from eta.settings import Settings
+from eta.settings import PROJECT_ROOT, GateSettings, Settings
+from eta.training import EtaModel
 
-MODEL_FILE = "model.txt"
+MODEL_FILE = "point.txt"
 
 
-def save_model(booster: lgb.Booster, metadata: dict[str, object], settings: Settings) -> str:
-    """Store a trained model with its metrics, data window and feature service; returns its tag."""
+def code_version() -> str:
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _storable(value: object) -> object:
+    """BentoML metadata holds basic types only: drop the Nones (an absent champion, an unset option)."""
+    if isinstance(value, dict):
+        return {str(k): _storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v) for v in value]
+    return value
+
+
+def save_model(model: EtaModel, metadata: dict[str, object], settings: Settings, labels: dict[str, str]) -> str:
+    """Store a model with everything needed to explain it later; returns its tag."""
     with bentoml.models.create(
         settings.model_name,
-        labels={"feature_service": settings.feature_service, "project": settings.feast_project},
-        metadata={**metadata, "features": MODEL_FEATURES, "feature_service": settings.feature_service},
-    ) as model:
-        booster.save_model(model.path_of(MODEL_FILE))
-    return str(model.tag)
+        labels={"feature_service": settings.feature_service, "project": settings.feast_project, **labels},
+        metadata={
+            **_storable(metadata),
+            "features": MODEL_FEATURES,
+            "feature_service": settings.feature_service,
+            "log_range": [model.log_lower, model.log_upper],
+            "code_version": code_version(),
+        },
+    ) as stored:
+        model.point.save_model(stored.path_of(MODEL_FILE))
+    return str(stored.tag)
 
 
-def load_booster(tag: str) -> lgb.Booster:
-    return lgb.Booster(model_file=bentoml.models.get(tag).path_of(MODEL_FILE))
+def load_model(tag: str) -> EtaModel:
+    stored = bentoml.models.get(tag)
+    return load_model_from(Path(stored.path), stored.info.metadata)
+
+
+def load_model_from(path: Path, metadata: dict[str, object]) -> EtaModel:
+    """A stored model from its folder and metadata (also how a Bento loads the model it packs)."""
+    log_lower, log_upper = metadata["log_range"]
+    return EtaModel(lgb.Booster(model_file=str(path / MODEL_FILE)), float(log_lower), float(log_upper))
 
 
 def model_metadata(tag: str) -> dict[str, object]:
     return dict(bentoml.models.get(tag).info.metadata)
 
 
-def _pointer(settings: Settings):
-    return settings.data_path / "production_model.json"
+def list_models(settings: Settings) -> list[dict[str, object]]:
+    """Every stored model of this namespace, newest first, with its key numbers and gate decision."""
+    try:
+        stored = bentoml.models.list(settings.model_name)
+    except NotFound:
+        return []
+    production = production_tag(settings)
+    rows = []
+    for model in sorted(stored, key=lambda m: m.info.creation_time, reverse=True):
+        meta = model.info.metadata
+        metrics = meta.get("metrics", {})
+        rows.append({
+            "tag": str(model.tag),
+            "created": model.info.creation_time.isoformat(timespec="seconds"),
+            "production": str(model.tag) == production,
+            "mae_min": metrics.get("mae_min"),
+            "interval_coverage_80": metrics.get("interval_coverage_80"),
+            "gate": meta.get("gate", {}).get("promote"),
+            "holdout": f"{meta.get('window', {}).get('holdout_start')} .. {meta.get('window', {}).get('holdout_end')}",
+        })
+    return rows
+
+
+def _pointer(settings: Settings) -> Path:
+    return settings.project_path / "production_model.json"
+
+
+def _read_pointer(settings: Settings) -> dict[str, object]:
+    pointer = _pointer(settings)
+    return json.loads(pointer.read_text()) if pointer.exists() else {"tag": None, "previous": []}
+
+
+def _write_pointer(settings: Settings, state: dict[str, object]) -> None:
+    pointer = _pointer(settings)
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, pointer)
 
 
 def production_tag(settings: Settings) -> str | None:
     """The tag of the model in production, or None before the first promotion."""
-    pointer = _pointer(settings)
-    if not pointer.exists():
+    tag = _read_pointer(settings)["tag"]
+    if tag is None:
         return None
-    tag = json.loads(pointer.read_text())["tag"]
     try:
         bentoml.models.get(tag)
     except NotFound:
@@ -53,34 +122,73 @@ def production_tag(settings: Settings) -> str | None:
 
 
 def promote(tag: str, settings: Settings) -> None:
-    pointer = _pointer(settings)
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"tag": tag}))
-    os.replace(tmp, pointer)
+    """Make `tag` the production model; the one it replaces is remembered for rollback."""
+    bentoml.models.get(tag)  # refuse a tag the store does not hold
+    state = _read_pointer(settings)
+    if state["tag"] == tag:
+        return
+    previous = [state["tag"], *state["previous"]] if state["tag"] else list(state["previous"])
+    _write_pointer(settings, {"tag": tag, "previous": previous})
+
+
+def rollback(settings: Settings) -> str:
+    """Put the previous production model back; returns its tag."""
+    state = _read_pointer(settings)
+    if not state["previous"]:
+        raise ValueError(f"no earlier production model to roll back to in namespace {settings.feast_project}")
+    restored, *older = state["previous"]
+    _write_pointer(settings, {"tag": restored, "previous": older})
+    return restored
 
 
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
     reason: str
-    challenger_mae_min: float
-    champion_mae_min: float | None
-    baseline_mae_min: float
-    margin_min: float
+    checks: list[dict[str, object]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def gate(challenger_mae: float, champion_mae: float | None, baseline_mae: float, margin: float) -> GateDecision:
-    """Promote only a challenger that beats the naive baseline and the champion (by `margin`) on one window."""
-    if challenger_mae >= baseline_mae:
-        promote, reason = False, f"challenger MAE {challenger_mae:.2f} does not beat the naive median {baseline_mae:.2f}"
-    elif champion_mae is None:
-        promote, reason = True, "no model in production; challenger beats the naive median"
-    elif challenger_mae < champion_mae - margin:
-        promote, reason = True, f"challenger MAE {challenger_mae:.2f} beats champion {champion_mae:.2f} by more than {margin}"
-    else:
-        promote, reason = False, f"challenger MAE {challenger_mae:.2f} does not beat champion {champion_mae:.2f} by {margin}"
-    return GateDecision(promote, reason, challenger_mae, champion_mae, baseline_mae, margin)
+def gate(
+    challenger: dict[str, object],
+    champion: dict[str, object] | None,
+    baseline_mae: float,
+    behaviour: list[str],
+    config: GateSettings,
+) -> GateDecision:
+    """Promote only a challenger that passes every check, each scored on the same held-out window.
+
+    `challenger` and `champion` are `training.score` results; `behaviour` lists broken behaviours.
+    """
+    checks = []
+
+    def check(name: str, passed: bool, detail: str) -> None:
+        checks.append({"check": name, "passed": bool(passed), "detail": detail})
+
+    mae = float(challenger["mae_min"])
+    check("beats naive median", mae < baseline_mae, f"MAE {mae:.2f} vs {baseline_mae:.2f}")
+    if champion is not None:
+        champion_mae = float(champion["mae_min"])
+        check(
+            "beats champion",
+            mae < champion_mae - config.mae_margin,
+            f"MAE {mae:.2f} vs champion {champion_mae:.2f} - margin {config.mae_margin}",
+        )
+        regressed = [
+            f"market {market}: {row['mae_min']:.2f} vs {champion['by_market'][market]['mae_min']:.2f}"
+            for market, row in challenger["by_market"].items()
+            if market in champion["by_market"]
+            and row["mae_min"] > champion["by_market"][market]["mae_min"] * (1 + config.market_regression_limit)
+        ]
+        check("no market regresses", not regressed, "; ".join(regressed) or f"all within {config.market_regression_limit:.0%}")
+    low, high = config.coverage_band
+    coverage = float(challenger["interval_coverage_80"])
+    check("interval coverage in band", low <= coverage <= high, f"{coverage:.3f} in [{low}, {high}]")
+    check("behavioural tests", not behaviour, "; ".join(behaviour) or "all pass")
+    failed = [c["check"] for c in checks if not c["passed"]]
+    reason = "passed every check" if not failed else "refused: " + ", ".join(failed)
+    if champion is None and not failed:
+        reason = "no model in production; passed every check"
+    return GateDecision(promote=not failed, reason=reason, checks=checks)

@@ -42,11 +42,19 @@ class SimulationSettings(BaseModel):
 
 class TrainingSettings(BaseModel):
     holdout_days: float = Field(2, gt=0)
+    calibration_days: float = Field(2, gt=0)
+    interval: float = Field(0.8, gt=0, lt=1)
     num_boost_round: int = Field(300, ge=1)
     learning_rate: float = Field(0.05, gt=0)
     num_leaves: int = Field(31, ge=2)
     min_data_in_leaf: int = Field(40, ge=1)
-    promote_margin: float = Field(0.0, ge=0)
+    dask_scheduler: str | None = None  # "local" for a LocalCluster, or a scheduler address; None trains in-process
+
+
+class GateSettings(BaseModel):
+    mae_margin: float = Field(0.0, ge=0)  # challenger must beat the champion's MAE by more than this (minutes)
+    market_regression_limit: float = Field(0.05, ge=0)  # no market's MAE may grow by more than this share
+    coverage_band: tuple[float, float] = (0.75, 0.85)  # held-out coverage of the calibrated interval
 
 
 class DriftSettings(BaseModel):
@@ -68,6 +76,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     simulation: SimulationSettings = SimulationSettings()
     training: TrainingSettings = TrainingSettings()
+    gate: GateSettings = GateSettings()
     drift: DriftSettings = DriftSettings()
 
     @classmethod
@@ -88,16 +97,25 @@ class Settings(BaseSettings):
         return path.resolve()
 
     @property
+    def project_path(self) -> Path:
+        """Everything of one namespace (its Feast project): orders, feature tables, registry, reports."""
+        return self.data_path / self.feast_project
+
+    @property
     def orders_path(self) -> Path:
-        return self.data_path / "orders.parquet"
+        return self.project_path / "orders.parquet"
 
     @property
     def features_path(self) -> Path:
-        return self.data_path / "features"
+        return self.project_path / "features"
 
     @property
     def reports_path(self) -> Path:
-        return self.data_path / "reports"
+        return self.project_path / "reports"
+
+    def in_namespace(self, namespace: str) -> Settings:
+        """The same settings for another source: its own Feast project, data and model name."""
+        return self.model_copy(update={"feast_project": namespace, "model_name": f"{namespace}_model"})
 
 
 @lru_cache

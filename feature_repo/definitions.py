@@ -1,7 +1,8 @@
 """Feast definitions for eta: entities, feature views and the feature service the model and the service share.
 
-Definitions only: Feast imports this file on apply, so nothing here runs work. Sources point at the
-Parquet tables that the features flow writes under the configured data folder; feature names come
+Definitions only: Feast imports this file on apply, so nothing here runs work. Sources name the
+Parquet tables the features flow writes; `eta.feature_store.apply_definitions` anchors them in the
+namespace's own feature folder, so one set of definitions serves every namespace. Feature names come
 from `eta.features` so training and serving can never disagree on them.
 """
 
@@ -20,12 +21,12 @@ market = Entity(name="market", join_keys=["market_id"], value_type=ValueType.INT
 
 store_history_source = FileSource(
     name="store_history_source",
-    path=str(settings.features_path / "store_history.parquet"),
+    path="store_history.parquet",
     timestamp_field="event_timestamp",
 )
 market_state_source = FileSource(
     name="market_state_source",
-    path=str(settings.features_path / "market_state.parquet"),
+    path="market_state.parquet",
     timestamp_field="event_timestamp",
 )
 

@@ -49,9 +49,9 @@ def bento_serving(model_tag: str) -> str | None:
 
 
 @flow(name="build-bento", log_prints=True)
-def build_bento(force: bool = False) -> str:
+def build_bento(namespace: str | None = None, force: bool = False) -> str:
     """Build a Bento for the production model, unless one exists already (rebuilding would change nothing)."""
-    settings = settings_with()
+    settings = settings_with(namespace)
     tag = production_tag(settings)
     if tag is None:
         raise RuntimeError("no production model yet: run the train flow, whose gate promotes one")

@@ -1,13 +1,15 @@
 """`eta`: the command line for data scientists; each command runs the same flow a schedule runs.
 
 Commands start (or reuse, via PREFECT_API_URL) one Prefect server, run the flow, and print its
-result as JSON.
+result as JSON. A run reading `--orders FILE` works in that file's own namespace (Feast project and
+model name `eta_<file stem>`) unless `--namespace` names one, so sources never mix.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,32 +18,44 @@ import typer
 from eta.settings import get_settings
 
 app = typer.Typer(help="eta: delivery-time predictions, trained and served continuously.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
-def _run(flow: Callable[..., Any], **parameters: Any) -> None:
+def _print(result: Any) -> None:
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def _run(flow: Callable[..., Any], **parameters: Any) -> Any:
     from flows.prefect_api import prefect_api
 
     with prefect_api(get_settings().data_path / "prefect"):
-        result = flow(**parameters)
-    typer.echo(json.dumps(result, indent=2, default=str))
+        return flow(**parameters)
 
 
 OrdersFile = Annotated[
     Optional[Path], typer.Option("--orders", exists=True, dir_okay=False, help="CSV/Parquet in DoorDash's layout")
 ]
+Namespace = Annotated[Optional[str], typer.Option(help="Feast project and model name prefix; default per source")]
+Day = Annotated[datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="UTC")]
+
+
+def _path(orders: Path | None) -> str | None:
+    return str(orders.resolve()) if orders else None
 
 
 @app.command()
-def run(orders: OrdersFile = None, days: Optional[int] = None, build: bool = True) -> None:
+def run(orders: OrdersFile = None, namespace: Namespace = None, days: Optional[int] = None, build: bool = True) -> None:
     """The whole loop: ingest -> features -> train -> gate -> build -> drift."""
     from flows.pipeline import eta_pipeline
 
-    _run(eta_pipeline, orders_file=str(orders) if orders else None, days=days, build=build)
+    _print(_run(eta_pipeline, orders_file=_path(orders), namespace=namespace, days=days, build=build))
 
 
 @app.command()
 def ingest(
     orders: OrdersFile = None,
+    namespace: Namespace = None,
     days: Optional[int] = None,
     stores: Optional[int] = None,
     markets: Optional[int] = None,
@@ -50,39 +64,102 @@ def ingest(
     """Validate and add orders from a file, or simulated ones, to the history (idempotent)."""
     from flows.ingest import ingest_orders
 
-    _run(ingest_orders, orders_file=str(orders) if orders else None, days=days, stores=stores, markets=markets, seed=seed)
+    _print(_run(ingest_orders, orders_file=_path(orders), namespace=namespace, days=days, stores=stores,
+                markets=markets, seed=seed))
 
 
 @app.command()
-def features() -> None:
+def features(namespace: Namespace = None) -> None:
     """Recompute feature tables, `feast apply`, materialize online."""
     from flows.features import build_features
 
-    _run(build_features)
+    _print(_run(build_features, namespace=namespace))
 
 
 @app.command()
-def train(holdout_days: Optional[float] = None, num_boost_round: Optional[int] = None) -> None:
-    """Train on Feast's point-in-time training set, evaluate, and promote through the gate."""
+def train(
+    orders: OrdersFile = None,
+    train_until: Optional[datetime] = typer.Option(None, formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+                                                   help="Train on orders created before this (UTC), test on the rest"),
+    namespace: Namespace = None,
+    holdout_days: Optional[float] = None,
+    num_boost_round: Optional[int] = None,
+) -> None:
+    """Train on Feast's point-in-time training set, evaluate, and promote through the gate.
+
+    With --orders, all of FILE's orders are ingested as history and features rebuilt first.
+    """
+    from flows.common import namespace_for
+    from flows.features import build_features
+    from flows.ingest import ingest_orders
     from flows.train import train_model
 
-    _run(train_model, holdout_days=holdout_days, num_boost_round=num_boost_round)
+    def train_flow() -> dict[str, Any]:
+        space = namespace_for(_path(orders), namespace)
+        if orders:
+            ingest_orders(orders_file=_path(orders), namespace=space)
+            build_features(namespace=space)
+        return train_model(namespace=space, train_until=train_until.isoformat() if train_until else None,
+                           holdout_days=holdout_days, num_boost_round=num_boost_round)
+
+    _print(_run(train_flow))
 
 
 @app.command()
-def build(force: bool = False) -> None:
+def evaluate(orders: OrdersFile, since: Day, namespace: Namespace = None) -> None:
+    """Add FILE's orders to the history and score the production model on those created since DATE."""
+    from flows.evaluate import evaluate_model
+
+    if orders is None:
+        raise typer.BadParameter("--orders is required", param_hint="--orders")
+    metrics = _run(evaluate_model, orders_file=_path(orders), since=since.isoformat(), namespace=namespace)
+    _print({k: v for k, v in metrics.items() if k not in ("by_market", "by_hour")})
+
+
+@app.command()
+def build(namespace: Namespace = None, force: bool = False) -> None:
     """Build the Bento for the production model."""
     from flows.build import build_bento
 
-    _run(build_bento, force=force)
+    _print(_run(build_bento, namespace=namespace, force=force))
 
 
 @app.command()
-def drift(recent_days: Optional[float] = None) -> None:
+def drift(namespace: Namespace = None, recent_days: Optional[float] = None) -> None:
     """Evidently drift report: production model's training window vs the latest orders."""
     from flows.drift import check_drift
 
-    _run(check_drift, recent_days=recent_days)
+    _print(_run(check_drift, namespace=namespace, recent_days=recent_days))
+
+
+def _namespaced(namespace: str | None):
+    return get_settings() if namespace is None else get_settings().in_namespace(namespace)
+
+
+@models_app.command("list")
+def models_list(namespace: Namespace = None) -> None:
+    """Every stored model, newest first: MAE, coverage, gate decision, which one serves."""
+    from eta.registry import list_models
+
+    _print(list_models(_namespaced(namespace)))
+
+
+@models_app.command("promote")
+def models_promote(tag: str, namespace: Namespace = None) -> None:
+    """Make TAG the production model (a person's decision: the gate's record stays with the model)."""
+    from eta.registry import production_tag, promote
+
+    settings = _namespaced(namespace)
+    promote(tag, settings)
+    _print({"production": production_tag(settings)})
+
+
+@models_app.command("rollback")
+def models_rollback(namespace: Namespace = None) -> None:
+    """Put the previous production model back."""
+    from eta.registry import rollback
+
+    _print({"production": rollback(_namespaced(namespace))})
 
 
 if __name__ == "__main__":

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from eta.settings import Settings, get_settings
 
 
-def settings_with(**overrides: Any) -> Settings:
-    """The configured settings, with a flow run's non-None parameters (dotted names for sections) applied."""
-    settings = get_settings()
+def namespace_for(orders_file: str | None, namespace: str | None) -> str | None:
+    """The namespace a run uses: the one named, else one per orders file, else the configured one (simulator)."""
+    if namespace or not orders_file:
+        return namespace
+    return "eta_" + re.sub(r"[^a-z0-9]+", "_", Path(orders_file).stem.lower()).strip("_")
+
+
+def settings_with(namespace: str | None = None, **overrides: Any) -> Settings:
+    """The configured settings in `namespace` (if given), with a run's non-None parameters applied.
+
+    Section fields are named `section__field`, as in env vars.
+    """
+    settings = get_settings() if namespace is None else get_settings().in_namespace(namespace)
     data = settings.model_dump()
     for dotted, value in overrides.items():
         if value is None:

@@ -38,10 +38,10 @@ def main() -> None:
     print("== stages:", ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result["timings_s"].items()))
 
     trained, gate = result["train"], result["train"]["gate"]
-    metrics = trained["metrics"]
-    print(f"== challenger {trained['model']}: MAE {metrics['mae_min']:.2f} min, RMSE {metrics['rmse_min']:.2f} "
-          f"on {metrics['n_orders']} held-out orders; naive median MAE {metrics['baseline_mae_min']:.2f}, "
-          f"RMSE {metrics['baseline_rmse_min']:.2f}")
+    metrics, naive = trained["metrics"], trained["baselines"]["naive_median"]
+    print(f"== challenger {trained['model']}: MAE {metrics['mae_min']:.2f} min, RMSE {metrics['rmse_min']:.2f}, "
+          f"80% range covers {metrics['interval_coverage_80']:.1%} of {metrics['n_orders']} held-out orders; "
+          f"naive median MAE {naive['mae_min']:.2f}, RMSE {naive['rmse_min']:.2f}")
     print(f"== gate: {'promoted' if gate['promote'] else 'refused'}: {gate['reason']}")
     tag = production_tag(settings)
     print(f"== production model {tag}: held-out MAE {model_metadata(tag)['metrics']['mae_min']:.2f} min")
@@ -56,7 +56,7 @@ def main() -> None:
             took_ms = (time.perf_counter() - sent) * 1000
             print(f"   POST /eta/order store {body['store_id']} market {body['market_id']} "
                   f"({body['total_items']:.0f} items, {body['estimated_store_to_consumer_driving_duration']:.0f}s drive)"
-                  f" -> {answer['minutes']:.1f} min, model {answer['model_version']} [{took_ms:.1f} ms]")
+                  f" -> {answer['minutes']:.1f} min ({answer['range_min'][0]:.0f}-{answer['range_min'][1]:.0f}), model {answer['model_version']} [{took_ms:.1f} ms]")
     drift = result["drift"]
     print(f"== drift detected: {drift['drift_detected']} ({len(drift['drifted_columns'])} of "
           f"{drift['columns_checked']} columns drifted); report: {drift['html']}")

@@ -28,8 +28,8 @@ def run_drift_report(settings: Settings) -> dict[str, object]:
 
 
 @flow(name="check-drift", log_prints=True)
-def check_drift(recent_days: float | None = None) -> dict[str, object]:
-    settings = settings_with(drift__recent_days=recent_days)
+def check_drift(namespace: str | None = None, recent_days: float | None = None) -> dict[str, object]:
+    settings = settings_with(namespace, drift__recent_days=recent_days)
     summary = run_drift_report(settings)
     get_run_logger().info(
         "drift detected: %s; drifted columns: %s; report: %s",

@@ -24,14 +24,14 @@ def write_tables(settings: Settings) -> dict[str, object]:
 def apply_and_materialize(tables: dict[str, object], settings: Settings) -> str:
     online = online_store_kind(settings)
     store = feature_store(settings, online)
-    apply_definitions(store)
+    apply_definitions(store, settings)
     materialize(store, tables["start"].to_pydatetime(), tables["end"].to_pydatetime())
     return online
 
 
 @flow(name="build-features", log_prints=True)
-def build_features() -> dict[str, object]:
-    settings = settings_with()
+def build_features(namespace: str | None = None) -> dict[str, object]:
+    settings = settings_with(namespace)
     tables = write_tables(settings)
     online = apply_and_materialize(tables, settings)
     get_run_logger().info("features materialized into %s online store: %s", online, tables)

@@ -16,7 +16,7 @@ from eta.ingest import ingest_batch
 from eta.orders import OrdersBatch, load_orders_file, validate_orders
 from eta.settings import Settings
 from eta.simulate import simulate_orders
-from flows.common import settings_with
+from flows.common import namespace_for, settings_with
 
 
 @task(retries=2, retry_delay_seconds=[1, 5])
@@ -32,12 +32,14 @@ def ingest(orders_file: str | None, settings: Settings) -> dict[str, object]:
 @flow(name="ingest-orders", log_prints=True)
 def ingest_orders(
     orders_file: str | None = None,
+    namespace: str | None = None,
     days: int | None = None,
     stores: int | None = None,
     markets: int | None = None,
     seed: int | None = None,
 ) -> dict[str, object]:
     settings = settings_with(
+        namespace_for(orders_file, namespace),
         simulation__days=days, simulation__stores=stores, simulation__markets=markets, simulation__seed=seed
     )
     report = ingest(orders_file, settings)

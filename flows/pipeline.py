@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.build import build_bento
+from flows.common import namespace_for
 from flows.drift import check_drift
 from flows.features import build_features
 from flows.ingest import ingest_orders
@@ -19,8 +20,15 @@ from flows.train import train_model
 
 
 @flow(name="eta-pipeline", log_prints=True)
-def eta_pipeline(orders_file: str | None = None, days: int | None = None, build: bool = True) -> dict[str, Any]:
+def eta_pipeline(
+    orders_file: str | None = None,
+    namespace: str | None = None,
+    days: int | None = None,
+    train_until: str | None = None,
+    build: bool = True,
+) -> dict[str, Any]:
     logger = get_run_logger()
+    namespace = namespace_for(orders_file, namespace)
     stages: dict[str, Any] = {}
     timings: dict[str, float] = {}
 
@@ -31,12 +39,12 @@ def eta_pipeline(orders_file: str | None = None, days: int | None = None, build:
         logger.info("stage %-8s done in %6.2f s", name, timings[name])
         return stages[name]
 
-    stage("ingest", lambda: ingest_orders(orders_file=orders_file, days=days))
-    stage("features", build_features)
-    trained = stage("train", train_model)
-    if build and trained["gate"]["production"] is not None:
-        stage("build", build_bento)
-    stage("drift", check_drift)
+    stage("ingest", lambda: ingest_orders(orders_file=orders_file, namespace=namespace, days=days))
+    stage("features", lambda: build_features(namespace=namespace))
+    trained = stage("train", lambda: train_model(namespace=namespace, train_until=train_until))
+    if build and trained["production"] is not None:
+        stage("build", lambda: build_bento(namespace=namespace))
+    stage("drift", lambda: check_drift(namespace=namespace))
     return {**stages, "timings_s": timings}
 
 

@@ -43,7 +43,9 @@ def server_process(
             deadline = time.monotonic() + startup_timeout_s
             while not answers(ready_url):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"`{' '.join(command)}` did not become ready; see {log_path}")
+                    log.flush()
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"`{' '.join(command)}` did not become ready; {log_path} ends:\n{tail}")
                 time.sleep(0.5)
             yield
         finally:

@@ -1,8 +1,9 @@
-"""Train and gate: point-in-time training set from Feast, time split, LightGBM, evaluation, promotion gate.
+"""Train and gate: point-in-time training set from Feast, time split, LightGBM quantile models, the gate.
 
-Every trained model is stored in the BentoML model store with its metrics, data window and feature
-service; it becomes the production model only if it beats the naive baseline and the current
-production model on the same held-out window. Run: `python -m flows.train` or `eta train`.
+Every trained model goes to the BentoML model store with its metrics, data window, feature service,
+code version and gate decision; it becomes the production model only if it passes every gate check
+on the same held-out window as the current production model.
+Run: `python -m flows.train` or `eta train [--orders FILE --train-until DATE]`.
 """
 
 from __future__ import annotations
@@ -11,68 +12,101 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from eta.behaviour import behaviour_failures
 from eta.feature_store import feature_store
 from eta.features import MODEL_FEATURES, model_inputs
 from eta.ingest import read_history, write_table
-from eta.registry import gate, load_booster, model_metadata, production_tag, promote, save_model
+from eta.registry import gate, load_model, model_metadata, production_tag, promote, save_model
 from eta.settings import Settings
-from eta.training import LABEL, error_metrics, evaluate, split_by_time, train_booster, training_set
+from eta.training import baselines, score, split_by_time, train_eta_model, training_set
 from flows.common import settings_with
+
+METRIC_COLUMNS = ["mae_min", "rmse_min", "p90_abs_err_min", "within_5_min", "within_10_min",
+                  "under_prediction_rate", "mean_lateness_min", "interval_coverage_80"]
 
 
 @task(retries=2, retry_delay_seconds=[1, 5])
 def build_training_set(settings: Settings) -> str:
     """Writes the point-in-time training set beside the orders and returns its path (frames stay out of Prefect)."""
     frame = training_set(feature_store(settings), read_history(settings), settings.feature_service)
-    path = settings.data_path / "training_set.parquet"
+    path = settings.project_path / "training_set.parquet"
     write_table(frame, path)
     return str(path)
 
 
 @task
-def train_and_register(training_set_path: str, settings: Settings) -> tuple[str, dict[str, object]]:
-    split = split_by_time(pd.read_parquet(training_set_path), settings.training.holdout_days)
-    booster = train_booster(split.train, settings.training)
-    metrics = evaluate(booster, split)
-    tag = save_model(booster, {"metrics": metrics, "window": split.window, "training": settings.training.model_dump()}, settings)
-    return tag, metrics
+def train_and_gate(training_set_path: str, settings: Settings, train_until: str | None) -> dict[str, object]:
+    """Train the challenger, score it and the champion on one held-out window, run the gate, store the model."""
+    split = split_by_time(
+        pd.read_parquet(training_set_path), settings.training, pd.Timestamp(train_until, tz="UTC") if train_until else None
+    )
+    model = train_eta_model(split, settings.training)
+    challenger = score(model, split.holdout)
+    reference = baselines(split)
+    champion_tag = production_tag(settings)
+    champion = None
+    if champion_tag is not None and model_metadata(champion_tag).get("features") == MODEL_FEATURES:
+        champion = score(load_model(champion_tag), split.holdout)
+    behaviour = behaviour_failures(model, model_inputs(split.holdout))
+    decision = gate(challenger, champion, reference["naive_median"]["mae_min"], behaviour, settings.gate)
+    tag = save_model(
+        model,
+        {
+            "metrics": challenger,
+            "baselines": reference,
+            "champion": {"tag": champion_tag, "metrics": champion},
+            "gate": decision.as_dict(),
+            "window": split.window,
+            "training": settings.training.model_dump(),
+        },
+        settings,
+        labels={"gate": "passed" if decision.promote else "refused"},
+    )
+    return {"model": tag, "metrics": challenger, "baselines": reference, "champion": champion_tag,
+            "champion_metrics": champion, "gate": decision.as_dict()}
 
 
 @task
-def gate_and_promote(tag: str, training_set_path: str, settings: Settings) -> dict[str, object]:
-    """Score the champion on the challenger's held-out window, then promote the challenger or refuse it."""
-    split = split_by_time(pd.read_parquet(training_set_path), settings.training.holdout_days)
-    challenger = model_metadata(tag)["metrics"]
-    champion_tag = production_tag(settings)
-    champion_mae = None
-    if champion_tag is not None and model_metadata(champion_tag).get("features") == MODEL_FEATURES:
-        predicted = load_booster(champion_tag).predict(model_inputs(split.holdout))
-        champion_mae = error_metrics(split.holdout[LABEL].to_numpy(), predicted)["mae_min"]
-    decision = gate(challenger["mae_min"], champion_mae, challenger["baseline_mae_min"], settings.training.promote_margin)
-    if decision.promote:
-        promote(tag, settings)
-    return {**decision.as_dict(), "challenger": tag, "champion": champion_tag, "production": production_tag(settings)}
+def promote_if_passed(result: dict[str, object], settings: Settings) -> str | None:
+    if result["gate"]["promote"]:
+        promote(result["model"], settings)
+    return production_tag(settings)
+
+
+def _metrics_table(result: dict[str, object]) -> list[dict[str, object]]:
+    rows = [("challenger " + result["model"], result["metrics"])]
+    if result["champion_metrics"]:
+        rows.append(("champion " + result["champion"], result["champion_metrics"]))
+    rows += [(name.replace("_", " "), metrics) for name, metrics in result["baselines"].items()]
+    return [{"model": name, **{c: round(m[c], 3) if c in m else None for c in METRIC_COLUMNS}} for name, m in rows]
 
 
 @flow(name="train-model", log_prints=True)
-def train_model(holdout_days: float | None = None, num_boost_round: int | None = None) -> dict[str, object]:
-    settings = settings_with(training__holdout_days=holdout_days, training__num_boost_round=num_boost_round)
+def train_model(
+    namespace: str | None = None,
+    train_until: str | None = None,
+    holdout_days: float | None = None,
+    num_boost_round: int | None = None,
+) -> dict[str, object]:
+    settings = settings_with(namespace, training__holdout_days=holdout_days, training__num_boost_round=num_boost_round)
     path = build_training_set(settings)
-    tag, metrics = train_and_register(path, settings)
-    decision = gate_and_promote(tag, path, settings)
+    result = train_and_gate(path, settings, train_until)
+    production = promote_if_passed(result, settings)
     logger = get_run_logger()
-    logger.info("model %s: %s", tag, metrics)
-    logger.info("gate: %s", decision["reason"])
+    logger.info("model %s: MAE %.2f min, coverage %.3f", result["model"], result["metrics"]["mae_min"],
+                result["metrics"]["interval_coverage_80"])
+    logger.info("gate: %s", result["gate"]["reason"])
+    create_table_artifact(key="model-metrics", table=_metrics_table(result),
+                          description=f"Held-out window of {result['model']}")
+    create_table_artifact(key="gate-decision", table=result["gate"]["checks"],
+                          description=f"{result['model']}: {result['gate']['reason']}")
     create_table_artifact(
-        key="model-metrics",
-        table=[
-            {"model": tag, "mae_min": metrics["mae_min"], "rmse_min": metrics["rmse_min"]},
-            {"model": "naive median", "mae_min": metrics["baseline_mae_min"], "rmse_min": metrics["baseline_rmse_min"]},
-            {"model": f"champion {decision['champion']}", "mae_min": decision["champion_mae_min"], "rmse_min": None},
-        ],
-        description=f"Held-out window; gate: {'promoted' if decision['promote'] else 'refused'}: {decision['reason']}",
+        key="model-slices",
+        table=[{"slice": f"market {k}", **v} for k, v in result["metrics"]["by_market"].items()]
+        + [{"slice": f"hour {k}", **v} for k, v in result["metrics"]["by_hour"].items()],
+        description=f"MAE of {result['model']} per market and hour of day (UTC)",
     )
-    return {"model": tag, "metrics": metrics, "gate": decision}
+    return {**result, "production": production}
 
 
 if __name__ == "__main__":

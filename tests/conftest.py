@@ -72,7 +72,7 @@ def _cleanup(settings: Settings):
     yield
     from eta.feature_store import feature_store
 
-    if (settings.data_path / "registry.db").exists():
+    if (settings.project_path / "registry.db").exists():
         feature_store(settings, "redis").teardown()
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 

@@ -57,7 +57,7 @@ def offline_store(local_settings):
         ingest_batch(batch, local_settings)
         write_feature_tables(local_settings)
         store = feature_store(local_settings)
-        apply_definitions(store)
+        apply_definitions(store, local_settings)
         return training_set(store, batch.accepted, local_settings.feature_service)
 
     return build

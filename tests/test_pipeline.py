@@ -32,7 +32,7 @@ def test_parent_flow_ran_every_stage_through_the_prefect_api(pipeline_result, pr
         assert names == sorted(["ingest-orders", "build-features", "train-model", "build-bento", "check-drift"])
         assert all(r.state.is_completed() for r in children)
         keys = {a.key for a in client.read_artifacts()}
-        assert {"ingest-report", "feature-tables", "model-metrics", "drift-report"} <= keys
+        assert {"ingest-report", "feature-tables", "model-metrics", "gate-decision", "model-slices", "drift-report"} <= keys
 
 
 def test_features_landed_in_the_real_redis(pipeline_result, settings):
@@ -50,8 +50,10 @@ def test_features_landed_in_the_real_redis(pipeline_result, settings):
 
 def test_model_beats_the_naive_baseline_and_was_promoted(pipeline_result, settings):
     trained = pipeline_result["train"]
-    assert trained["metrics"]["mae_min"] < 0.8 * trained["metrics"]["baseline_mae_min"]
+    assert trained["metrics"]["mae_min"] < 0.8 * trained["baselines"]["naive_median"]["mae_min"]
+    assert trained["metrics"]["mae_min"] < trained["baselines"]["platform_estimate"]["mae_min"]
     assert trained["gate"]["promote"] and production_tag(settings) == trained["model"]
+    assert all(check["passed"] for check in trained["gate"]["checks"])
 
 
 def test_drift_report_is_written_as_html_and_json(pipeline_result):
@@ -70,8 +72,8 @@ def test_rerunning_ingest_and_training_is_safe_and_the_gate_refuses_a_model_no_b
     before = production_tag(settings)
     assert ingest_orders()["new_orders"] == 0
     again = train_model()
-    assert not again["gate"]["promote"] and "does not beat champion" in again["gate"]["reason"]
-    assert again["gate"]["champion_mae_min"] == again["metrics"]["mae_min"], "champion scored on the same window"
+    assert not again["gate"]["promote"] and again["gate"]["reason"] == "refused: beats champion"
+    assert again["champion_metrics"]["mae_min"] == again["metrics"]["mae_min"], "champion scored on the same window"
     assert production_tag(settings) == before
 
 

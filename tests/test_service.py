@@ -10,7 +10,7 @@ import pytest
 from eta.feature_store import feature_store
 from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES, model_inputs
 from eta.ingest import read_history
-from eta.registry import load_booster, production_tag
+from eta.registry import load_model, production_tag
 from eta.training import training_set
 
 REQUEST = [
@@ -33,6 +33,8 @@ def test_an_order_gets_a_sane_eta_from_the_production_model(service_url, setting
     assert response.status_code == 200, response.text
     answer = response.json()
     assert 5 < answer["minutes"] < 180
+    low, high = answer["range_min"]
+    assert 0 <= low <= answer["minutes"] <= high
     assert answer["model_version"] == production_tag(settings)
     assert answer["store_features_found"] and answer["market_features_found"]
 
@@ -82,7 +84,7 @@ def test_service_and_training_set_compute_the_same_features_and_eta(service_url,
 
     body = _request(last_order) | {"created_at": moment.isoformat()}
     served = httpx.post(f"{service_url}/eta/order", json=body, timeout=10).json()["minutes"]
-    expected = load_booster(production_tag(settings)).predict(model_inputs(offline))[0]
+    expected = load_model(production_tag(settings)).predict(model_inputs(offline))[0][0]
     assert served == pytest.approx(expected, abs=0.006)
 
 

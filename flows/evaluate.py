@@ -1,0 +1,54 @@
+"""Evaluate the production model on new orders: add them to the history, then score those created since a date.
+
+The orders join the namespace's history (point in time: their features only use what was known when each
+was created). Run: `eta evaluate --orders FILE --since DATE`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from eta.feature_store import feature_store
+from eta.ingest import read_history
+from eta.orders import load_orders_file
+from eta.registry import load_model, production_tag
+from eta.settings import Settings
+from eta.training import score, training_set
+from flows.common import namespace_for, settings_with
+from flows.features import build_features
+from flows.ingest import ingest_orders
+
+
+@task(retries=2, retry_delay_seconds=[1, 5])
+def score_production(orders_file: str, since: str, settings: Settings) -> dict[str, object]:
+    tag = production_tag(settings)
+    if tag is None:
+        raise RuntimeError(f"no production model in namespace {settings.feast_project}: train one first")
+    ids = load_orders_file(Path(orders_file), settings.validation).accepted["order_id"]
+    history = read_history(settings)
+    orders = history[history["order_id"].isin(ids) & (history["created_at"] >= pd.Timestamp(since, tz="UTC"))]
+    if orders.empty:
+        raise ValueError(f"{orders_file} has no valid orders created since {since}")
+    frame = training_set(feature_store(settings), orders, settings.feature_service)
+    return {"model": tag, **score(load_model(tag), frame)}
+
+
+@flow(name="evaluate-model", log_prints=True)
+def evaluate_model(orders_file: str, since: str, namespace: str | None = None) -> dict[str, object]:
+    namespace = namespace_for(orders_file, namespace)
+    ingest_orders(orders_file=orders_file, namespace=namespace)
+    build_features(namespace=namespace)
+    metrics = score_production(orders_file, since, settings_with(namespace))
+    get_run_logger().info("%s on %s orders since %s: MAE %.2f min", metrics["model"], metrics["n_orders"], since,
+                          metrics["mae_min"])
+    create_table_artifact(
+        key="evaluation",
+        table=[{"metric": k, "value": v} for k, v in metrics.items() if not isinstance(v, dict)],
+        description=f"{metrics['model']} on {orders_file} since {since}",
+    )
+    return metrics
+

@@ -7,7 +7,9 @@ model name `eta_<file stem>`) unless `--namespace` names one, so sources never m
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +31,8 @@ def _print(result: Any) -> None:
 def _run(flow: Callable[..., Any], **parameters: Any) -> Any:
     from flows.prefect_api import prefect_api
 
-    with prefect_api(get_settings().data_path / "prefect"):
+    # stdout carries the JSON result only; Feast and friends print progress, which goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr), prefect_api(get_settings().data_path / "prefect"):
         return flow(**parameters)
 
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lock clean
+.PHONY: venv demo test lock clean bench-training
 
 # The virtualenv is rebuilt whenever the lock file changes.
 $(BIN)/.synced: requirements.lock pyproject.toml
@@ -30,3 +30,7 @@ lock: venv
 
 clean:
 	rm -rf $(VENV) .eta
+
+## Training benchmark on 1M simulated orders; writes benchmarks/results/training.json.
+bench-training: venv
+	$(BIN)/python -m benchmarks.training

@@ -29,6 +29,6 @@ def _fit(client: Client, inputs: np.ndarray, label: np.ndarray, params: dict[str
     features = da.from_array(inputs, chunks=(chunk, inputs.shape[1]))
     target = da.from_array(label, chunks=chunk)
     params = {k: v for k, v in params.items() if k not in ("num_threads", "verbosity")}
-    model = lgb.DaskLGBMRegressor(client=client, n_estimators=config.num_boost_round, n_jobs=1, verbose=-1, **params)
+    model = lgb.DaskLGBMRegressor(client=client, n_estimators=config.num_boost_round, verbose=-1, **params)
     model.fit(features, target, feature_name=MODEL_FEATURES)
     return model.booster_

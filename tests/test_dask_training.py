@@ -1,0 +1,28 @@
+"""Training on a Dask cluster (`lightgbm.dask`, a 2-worker LocalCluster) gives the in-process model's quality."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eta.features import model_inputs
+from eta.orders import delivery_minutes
+from eta.settings import SimulationSettings, TrainingSettings
+from eta.simulate import simulate_orders
+from eta.training import LABEL, score, split_by_time, train_eta_model
+
+
+def test_local_cluster_training_matches_in_process_metrics():
+    orders = simulate_orders(SimulationSettings(markets=2, stores=40, days=10, seed=31))
+    frame = orders.assign(
+        order_id=[str(i) for i in range(len(orders))], store_orders_7d=10.0, store_mean_delivery_min_7d=45.0,
+        store_p90_delivery_min_7d=60.0, **{LABEL: delivery_minutes(orders)},
+    )
+    local = TrainingSettings(num_boost_round=80)
+    split = split_by_time(frame, local)
+    in_process = score(train_eta_model(split, local), split.holdout)
+    distributed_model = train_eta_model(split, local.model_copy(update={"dask_scheduler": "local"}))
+    on_dask = score(distributed_model, split.holdout)
+    assert abs(on_dask["mae_min"] - in_process["mae_min"]) < 0.05 * in_process["mae_min"]
+    assert abs(on_dask["interval_coverage_80"] - in_process["interval_coverage_80"]) < 0.05
+    point = distributed_model.predict(model_inputs(split.holdout))[0]
+    assert np.isfinite(point).all() and point.min() > 0

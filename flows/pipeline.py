@@ -42,7 +42,11 @@ def eta_pipeline(
     stage("ingest", lambda: ingest_orders(orders_file=orders_file, namespace=namespace, days=days))
     stage("features", lambda: build_features(namespace=namespace))
     trained = stage("train", lambda: train_model(namespace=namespace, train_until=train_until))
-    if build and trained["production"] is not None:
+    if trained["production"] is None:
+        # Nothing serves yet (the gate refused the first model): nothing to build, no training window to compare.
+        logger.warning("no production model: skipping build and drift; gate said %s", trained["gate"]["reason"])
+        return {**stages, "timings_s": timings}
+    if build:
         stage("build", lambda: build_bento(namespace=namespace))
     stage("drift", lambda: check_drift(namespace=namespace))
     return {**stages, "timings_s": timings}

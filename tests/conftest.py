@@ -79,9 +79,11 @@ def _cleanup(settings: Settings):
 
 @pytest.fixture
 def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Settings for a test of its own: own data folder and Feast project, Feast's SQLite online store."""
+    """Settings for a test of its own: own data folder, Feast project and model name; Feast's SQLite online store."""
+    namespace = f"eta_unit_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("ETA_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("ETA_FEAST_PROJECT", f"eta_unit_{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("ETA_FEAST_PROJECT", namespace)
+    monkeypatch.setenv("ETA_MODEL_NAME", f"{namespace}_model")
     monkeypatch.setenv("ETA_ONLINE_STORE", "sqlite")
     get_settings.cache_clear()
     yield get_settings()

@@ -25,8 +25,8 @@ from eta.training import LABEL, score, split_by_time, train_eta_model
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 
 
-def training_frame(orders: pd.DataFrame, window_days: int) -> pd.DataFrame:
-    history = store_history(orders, window_days).rename(columns={"event_timestamp": "known_at"})
+def training_frame(orders: pd.DataFrame) -> pd.DataFrame:
+    history = store_history(orders).rename(columns={"event_timestamp": "known_at"})
     frame = orders.assign(order_id=order_ids(orders), **{LABEL: delivery_minutes(orders)}).sort_values("created_at")
     history["known_at"] = history["known_at"].astype(frame["created_at"].dtype)
     return pd.merge_asof(frame, history.sort_values("known_at"), left_on="created_at", right_on="known_at", by="store_id")
@@ -37,7 +37,7 @@ def main() -> None:
     simulation = SimulationSettings(markets=20, stores=5_000, days=20, orders_per_store_day=10, seed=1)
     started = time.perf_counter()
     orders = simulate_orders(simulation)
-    frame = training_frame(orders, settings.features.store_history_days)
+    frame = training_frame(orders)
     prepared_s = time.perf_counter() - started
 
     split = split_by_time(frame, settings.training)

@@ -15,7 +15,7 @@ def write_feature_tables(settings: Settings) -> dict[str, object]:
     if orders.empty:
         raise ValueError(f"no orders held at {settings.orders_path}: ingest orders first")
     tables = {
-        "store_history": store_history(orders, settings.features.store_history_days),
+        "store_history": store_history(orders),
         "market_state": market_state(orders),
     }
     for name, table in tables.items():

@@ -15,9 +15,16 @@ import pandas as pd
 
 from eta.orders import BASKET_COLUMNS, ESTIMATE_COLUMNS, MARKET_STATE_COLUMNS, delivery_minutes
 
-STORE_HISTORY_FEATURES = ["store_orders_7d", "store_mean_delivery_min_7d", "store_p90_delivery_min_7d"]
+# Trailing windows of delivered orders: a week follows a kitchen's current form, four weeks give
+# stores with few orders a history at all.
+STORE_HISTORY_WINDOWS_DAYS = (7, 28)
+STORE_HISTORY_FEATURES = [
+    f"store_{stat}_{days}d"
+    for days in STORE_HISTORY_WINDOWS_DAYS
+    for stat in ("orders", "mean_delivery_min", "p90_delivery_min")
+]
 MARKET_STATE_FEATURES = MARKET_STATE_COLUMNS
-REQUEST_FIELDS = ["created_at", "order_protocol", *BASKET_COLUMNS, *ESTIMATE_COLUMNS]
+REQUEST_FIELDS = ["created_at", "market_id", "order_protocol", *BASKET_COLUMNS, *ESTIMATE_COLUMNS]
 DERIVED_FEATURES = ["hour_of_day", "day_of_week", "hour_of_week", "busy_dasher_ratio", "outstanding_per_dasher"]
 MODEL_FEATURES = [
     *[f for f in REQUEST_FIELDS if f != "created_at"],
@@ -90,11 +97,11 @@ def model_inputs(rows: Mapping[str, Any]) -> Array:
     return np.column_stack([columns[name] for name in MODEL_FEATURES])
 
 
-def store_history(orders: pd.DataFrame, window_days: int) -> pd.DataFrame:
+def store_history(orders: pd.DataFrame) -> pd.DataFrame:
     """Trailing delivery stats per store, one row per delivery, stamped at the delivery time.
 
-    A row stamped t summarises orders *delivered* in (t - window, t], so a point-in-time join at an
-    order's creation never sees an order that was still on its way.
+    A row stamped t summarises orders *delivered* in (t - window, t] for each window, so a point-in-time
+    join at an order's creation never sees an order that was still on its way.
     """
     delivered = pd.DataFrame(
         {
@@ -103,15 +110,12 @@ def store_history(orders: pd.DataFrame, window_days: int) -> pd.DataFrame:
             "minutes": delivery_minutes(orders).to_numpy(),
         }
     ).sort_values(["store_id", "event_timestamp"], kind="stable")
-    rolling = delivered.groupby("store_id").rolling(f"{window_days}D", on="event_timestamp")["minutes"]
-    history = pd.DataFrame(
-        {
-            "store_orders_7d": rolling.count().to_numpy(),
-            "store_mean_delivery_min_7d": rolling.mean().to_numpy(),
-            "store_p90_delivery_min_7d": rolling.quantile(0.9).to_numpy(),
-        },
-        index=delivered.index,
-    )
+    history = pd.DataFrame(index=delivered.index)
+    for days in STORE_HISTORY_WINDOWS_DAYS:
+        rolling = delivered.groupby("store_id").rolling(f"{days}D", on="event_timestamp")["minutes"]
+        history[f"store_orders_{days}d"] = rolling.count().to_numpy()
+        history[f"store_mean_delivery_min_{days}d"] = rolling.mean().to_numpy()
+        history[f"store_p90_delivery_min_{days}d"] = rolling.quantile(0.9).to_numpy()
     history.insert(0, "store_id", delivered["store_id"])
     history.insert(1, "event_timestamp", delivered["event_timestamp"])
     history["event_timestamp"] = pd.to_datetime(history["event_timestamp"], utc=True)

@@ -21,7 +21,6 @@ CONFIG_FILE = Path(os.environ.get("ETA_CONFIG", PROJECT_ROOT / "eta.yaml"))
 
 
 class FeatureSettings(BaseModel):
-    store_history_days: int = Field(7, ge=1)
     store_history_ttl_days: int = Field(14, ge=1)
     market_state_ttl_minutes: int = Field(60, ge=1)
 

@@ -27,6 +27,7 @@ MONOTONE_INCREASING = [
     "estimated_store_to_consumer_driving_duration",
     "estimated_order_place_duration",
     "total_items",
+    "num_distinct_items",
     "total_outstanding_orders",
     "outstanding_per_dasher",
 ]
@@ -34,7 +35,7 @@ MONOTONE_INCREASING = [
 
 def training_set(store: FeatureStore, orders: pd.DataFrame, feature_service: str) -> pd.DataFrame:
     """Each order's request fields and label joined with the store and market features known at its creation."""
-    entity_df = orders[["order_id", "store_id", "market_id", *REQUEST_FIELDS]].copy()
+    entity_df = orders[list(dict.fromkeys(["order_id", "store_id", "market_id", *REQUEST_FIELDS]))].copy()
     entity_df["event_timestamp"] = orders["created_at"]
     entity_df[LABEL] = delivery_minutes(orders)
     assert not set(entity_df.columns) & set(MARKET_STATE_FEATURES), "features must come from Feast"

@@ -9,14 +9,12 @@ from eta.orders import delivery_minutes
 from eta.settings import SimulationSettings, TrainingSettings
 from eta.simulate import simulate_orders
 from eta.training import LABEL, score, split_by_time, train_eta_model
+from tests.conftest import fixed_store_history
 
 
 def test_local_cluster_training_matches_in_process_metrics():
     orders = simulate_orders(SimulationSettings(markets=2, stores=40, days=10, seed=31))
-    frame = orders.assign(
-        order_id=[str(i) for i in range(len(orders))], store_orders_7d=10.0, store_mean_delivery_min_7d=45.0,
-        store_p90_delivery_min_7d=60.0, **{LABEL: delivery_minutes(orders)},
-    )
+    frame = fixed_store_history(orders.assign(order_id=[str(i) for i in range(len(orders))], **{LABEL: delivery_minutes(orders)}))
     local = TrainingSettings(num_boost_round=80)
     split = split_by_time(frame, local)
     in_process = score(train_eta_model(split, local), split.holdout)

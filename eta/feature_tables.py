@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from eta.features import market_state, store_history
-from eta.ingest import write_table, read_history
+from eta.ingest import read_history, write_table
 from eta.settings import Settings
 
 

@@ -17,7 +17,6 @@ from eta.registry import production_tag
 from eta.settings import PROJECT_ROOT
 from flows.common import settings_with
 
-
 BENTO_NAME = "eta"
 
 

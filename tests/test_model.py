@@ -8,11 +8,11 @@ import pytest
 
 from eta.behaviour import LONGER_NEVER_SOONER, behaviour_failures
 from eta.features import MODEL_FEATURES, model_inputs
+from eta.orders import delivery_minutes
 from eta.registry import gate, list_models, load_model, model_metadata, production_tag, promote, rollback, save_model
 from eta.settings import GateSettings, SimulationSettings, TrainingSettings
 from eta.simulate import simulate_orders
 from eta.training import LABEL, EtaModel, split_by_time, train_eta_model
-from eta.orders import delivery_minutes
 from tests.conftest import fixed_store_history
 
 GATE = GateSettings(mae_margin=0.2, market_regression_limit=0.05, coverage_band=(0.75, 0.85))

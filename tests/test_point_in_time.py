@@ -11,7 +11,9 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from eta.feature_store import apply_definitions, feature_store
 from eta.feature_tables import write_feature_tables

@@ -135,6 +135,15 @@ def drift(namespace: Namespace = None, recent_days: Optional[float] = None) -> N
     _print(_run(check_drift, namespace=namespace, recent_days=recent_days))
 
 
+@app.command()
+def staleness(namespace: Namespace = None) -> None:
+    """Age of the newest value per feature view in the Redis online store."""
+    from eta.staleness import online_staleness
+    from flows.features import FEATURE_VIEWS
+
+    _print(online_staleness(_namespaced(namespace), FEATURE_VIEWS))
+
+
 def _namespaced(namespace: str | None):
     return get_settings() if namespace is None else get_settings().in_namespace(namespace)
 

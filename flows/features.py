@@ -12,7 +12,10 @@ from prefect.artifacts import create_table_artifact
 from eta.feature_store import apply_definitions, feature_store, materialize, online_store_kind
 from eta.feature_tables import write_feature_tables
 from eta.settings import Settings
+from eta.staleness import online_staleness
 from flows.common import settings_with
+
+FEATURE_VIEWS = ["store_history", "market_state"]
 
 
 @task(retries=2, retry_delay_seconds=[1, 5])
@@ -36,6 +39,11 @@ def build_features(namespace: str | None = None) -> dict[str, object]:
     online = apply_and_materialize(tables, settings)
     get_run_logger().info("features materialized into %s online store: %s", online, tables)
     summary = {**tables, "online_store": online}
+    if online == "redis":
+        staleness = online_staleness(settings, FEATURE_VIEWS)
+        create_table_artifact(key="online-staleness", table=staleness,
+                              description="Newest event time per feature view in the online store")
+        summary["staleness"] = staleness
     create_table_artifact(
         key="feature-tables",
         table=[{"measure": k, "value": str(v)} for k, v in summary.items()],

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import redis
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
 from eta.feature_store import feature_store
+from eta.ingest import read_history
 from eta.registry import production_tag
 from eta.settings import PROJECT_ROOT
 
@@ -32,7 +34,7 @@ def test_parent_flow_ran_every_stage_through_the_prefect_api(pipeline_result, pr
         assert names == sorted(["ingest-orders", "build-features", "train-model", "build-bento", "check-drift"])
         assert all(r.state.is_completed() for r in children)
         keys = {a.key for a in client.read_artifacts()}
-        assert {"ingest-report", "feature-tables", "model-metrics", "gate-decision", "model-slices", "drift-report"} <= keys
+        assert {"ingest-report", "feature-tables", "online-staleness", "model-metrics", "gate-decision", "model-slices", "drift-report"} <= keys
 
 
 def test_features_landed_in_the_real_redis(pipeline_result, settings):
@@ -46,6 +48,15 @@ def test_features_landed_in_the_real_redis(pipeline_result, settings):
         entity_rows=[{"store_id": 1, "market_id": 1}],
     ).to_dict()
     assert online["store_orders_7d"][0] > 0 and online["total_onshift_dashers"][0] >= 1
+
+
+def test_staleness_reports_the_newest_online_event_per_view(pipeline_result, settings):
+    orders = read_history(settings)
+    report = {row["feature_view"]: row for row in pipeline_result["features"]["staleness"]}
+    assert pd.Timestamp(report["store_history"]["newest"]) == orders["actual_delivery_time"].max()
+    assert pd.Timestamp(report["market_state"]["newest"]) == orders["created_at"].max()
+    assert report["market_state"]["entities"] == settings.simulation.markets
+    assert report["store_history"]["newest_age_s"] > 0
 
 
 def test_model_beats_the_naive_baseline_and_was_promoted(pipeline_result, settings):

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+import pandas as pd
 import redis
 from feast import FeatureStore, FileSource, RepoConfig
+from feast.data_source import PushMode
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
+from eta.features import market_state
 from eta.settings import PROJECT_ROOT, Settings
 
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
@@ -96,6 +99,23 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> None:
     apply_total_with_repo_instance(
         store, store.config.project, store.registry, repo, skip_source_validation=False
     )
+
+
+def push_market_state(store: FeatureStore, orders: pd.DataFrame) -> int:
+    """Push each market's newest state in `orders` to the online store; returns how many markets.
+
+    Online only: the offline table is rebuilt from the orders themselves (they carry the same state), and
+    Feast 0.67's DuckDB offline push rewrites `event_timestamp` as text, which breaks later joins.
+    An older state never overwrites a newer one online (Feast compares event times).
+    """
+    latest = market_state(orders).groupby("market_id").tail(1)
+    store.push("market_state_push", latest, to=PushMode.ONLINE)
+    return len(latest)
+
+
+def is_applied(store: FeatureStore) -> bool:
+    """Whether `feast apply` has registered this project's definitions yet."""
+    return Path(store.config.registry.path).exists() and bool(store.list_feature_views())
 
 
 def materialize(store: FeatureStore, start: datetime, end: datetime) -> None:

@@ -8,7 +8,7 @@ from `eta.features` so training and serving can never disagree on them.
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64
 
 from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES
@@ -30,6 +30,10 @@ market_state_source = FileSource(
     timestamp_field="event_timestamp",
 )
 
+# Market supply and demand change by the minute: the ingest path pushes each batch's newest state to
+# the online store instead of waiting for the next materialization.
+market_state_push = PushSource(name="market_state_push", batch_source=market_state_source)
+
 store_history = FeatureView(
     name="store_history",
     entities=[store],
@@ -45,7 +49,7 @@ market_state = FeatureView(
     entities=[market],
     ttl=timedelta(minutes=settings.features.market_state_ttl_minutes),
     schema=[Field(name=name, dtype=Float64) for name in MARKET_STATE_FEATURES],
-    source=market_state_source,
+    source=market_state_push,
     online=True,
     description="Couriers on shift, couriers busy and outstanding orders in the market",
 )

@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from eta.feature_store import feature_store, is_applied, push_market_state
 from eta.ingest import ingest_batch
 from eta.orders import OrdersBatch, load_orders_file, validate_orders
 from eta.settings import Settings
@@ -26,7 +27,11 @@ def ingest(orders_file: str | None, settings: Settings) -> dict[str, object]:
         if orders_file
         else validate_orders(simulate_orders(settings.simulation), settings.validation)
     )
-    return ingest_batch(batch, settings)
+    report = ingest_batch(batch, settings)
+    store = feature_store(settings)
+    if len(batch.accepted) and is_applied(store):
+        report["markets_pushed"] = push_market_state(store, batch.accepted)
+    return report
 
 
 @flow(name="ingest-orders", log_prints=True)

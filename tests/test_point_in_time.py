@@ -35,6 +35,7 @@ orders_streams = st.lists(
     ),
     min_size=1,
     max_size=30,
+    unique_by=lambda order: order[:3],  # the same order twice is a duplicate, rejected by validation
 )
 
 

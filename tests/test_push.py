@@ -1,0 +1,65 @@
+"""Fresh market state: the ingest path pushes each batch's newest market state to Feast's Redis online store."""
+
+from __future__ import annotations
+
+import uuid
+
+import pandas as pd
+import pytest
+
+from eta.feature_store import apply_definitions, feature_store, materialize, push_market_state
+from eta.feature_tables import write_feature_tables
+from eta.ingest import ingest_batch
+from eta.orders import validate_orders
+from eta.settings import SimulationSettings
+from eta.simulate import simulate_orders
+
+
+@pytest.fixture
+def redis_store(local_settings, settings):
+    """A materialized feature store of this test's own, online in the real Redis, torn down after."""
+    own = local_settings.model_copy(update={"online_store": "redis", "redis_url": settings.redis_url,
+                                            "feast_project": f"eta_push_{uuid.uuid4().hex[:8]}"})
+    orders = simulate_orders(SimulationSettings(markets=2, stores=10, days=3, seed=13))
+    ingest_batch(validate_orders(orders, own.validation), own)
+    tables = write_feature_tables(own)
+    store = feature_store(own)
+    apply_definitions(store, own)
+    materialize(store, tables["start"].to_pydatetime(), tables["end"].to_pydatetime())
+    yield own, store, orders
+    store.teardown()
+
+
+def _online_onshift(store, settings, market_id: int) -> float:
+    return store.get_online_features(
+        features=store.get_feature_service(settings.feature_service), entity_rows=[{"store_id": 1, "market_id": market_id}]
+    ).to_dict()["total_onshift_dashers"][0]
+
+
+def test_a_pushed_market_state_is_online_at_once_and_an_older_one_never_overwrites_it(redis_store):
+    settings, store, orders = redis_store
+    later = orders.tail(1).assign(created_at=orders["actual_delivery_time"].max() + pd.Timedelta(minutes=5),
+                                  market_id=1, total_onshift_dashers=123.0)
+    assert push_market_state(store, later) == 1
+    assert _online_onshift(store, settings, 1) == 123.0
+    stale = later.assign(created_at=later["created_at"] - pd.Timedelta(hours=1), total_onshift_dashers=7.0)
+    push_market_state(store, stale)
+    assert _online_onshift(store, settings, 1) == 123.0
+
+
+def test_ingest_flow_pushes_the_new_batch_without_waiting_for_materialization(redis_store, prefect_server, monkeypatch):
+    from eta.settings import get_settings
+    from flows.ingest import ingest_orders
+
+    settings, store, orders = redis_store
+    monkeypatch.setenv("ETA_ONLINE_STORE", "redis")
+    monkeypatch.setenv("ETA_FEAST_PROJECT", settings.feast_project)
+    get_settings.cache_clear()
+    fresh = orders.tail(3).assign(created_at=orders["actual_delivery_time"].max() + pd.Timedelta(minutes=10),
+                                  market_id=2, total_onshift_dashers=[41.0, 42.0, 43.0])
+    fresh["actual_delivery_time"] = fresh["created_at"] + pd.Timedelta(minutes=30)
+    path = settings.project_path / "fresh.csv"
+    fresh.to_csv(path, index=False)
+    report = ingest_orders(orders_file=str(path), namespace=settings.feast_project)
+    assert report["new_orders"] == 3 and report["markets_pushed"] == 1
+    assert _online_onshift(store, settings, 2) == 43.0

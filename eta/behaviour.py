@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eta.features import MODEL_FEATURES
+from eta.features import MODEL_FEATURES, outstanding_per_dasher
 from eta.training import EtaModel
 
 # (feature, step): adding `step` must never shorten the point ETA or either end of the range.
@@ -26,9 +26,8 @@ def behaviour_failures(model: EtaModel, inputs: np.ndarray) -> list[str]:
         bumped[:, column] = bumped[:, column] + step
         if feature == "total_outstanding_orders":
             # Orders per courier is derived from outstanding orders; a busier market moves both.
-            derived = MODEL_FEATURES.index("outstanding_per_dasher")
             onshift = inputs[:, MODEL_FEATURES.index("total_onshift_dashers")]
-            bumped[:, derived] = np.where(onshift > 0, bumped[:, column] / np.where(onshift > 0, onshift, 1), np.nan)
+            bumped[:, MODEL_FEATURES.index("outstanding_per_dasher")] = outstanding_per_dasher(bumped[:, column], onshift)
         for name, before, after in zip(("point", "lower", "upper"), base, model.predict(bumped)):
             shortened = int(np.sum(after < before - 1e-9))
             if shortened:

@@ -25,6 +25,8 @@ STORE_HISTORY_FEATURES = [
 ]
 MARKET_STATE_FEATURES = MARKET_STATE_COLUMNS
 REQUEST_FIELDS = ["created_at", "market_id", "order_protocol", *BASKET_COLUMNS, *ESTIMATE_COLUMNS]
+# What an app sends for a placed order (the order time defaults to now).
+ORDER_REQUEST_FIELDS = ["store_id", *[f for f in REQUEST_FIELDS if f != "created_at"]]
 DERIVED_FEATURES = ["hour_of_day", "day_of_week", "hour_of_week", "busy_dasher_ratio", "outstanding_per_dasher"]
 MODEL_FEATURES = [
     *[f for f in REQUEST_FIELDS if f != "created_at"],

@@ -12,18 +12,13 @@ import time
 import httpx
 
 from eta.feature_store import online_store_kind
+from eta.features import ORDER_REQUEST_FIELDS
 from eta.ingest import read_history
 from eta.registry import model_metadata, production_tag
 from eta.settings import get_settings
 from flows.pipeline import eta_pipeline
 from flows.prefect_api import prefect_api
 from flows.service_process import bento_server
-
-REQUEST_FIELDS = [
-    "store_id", "market_id", "order_protocol", "total_items", "subtotal", "num_distinct_items",
-    "min_item_price", "max_item_price", "estimated_order_place_duration",
-    "estimated_store_to_consumer_driving_duration",
-]
 
 
 def main() -> None:
@@ -50,7 +45,7 @@ def main() -> None:
     with bento_server(result["build"], settings, settings.data_path / "logs" / "bento.log") as url:
         print(f"== Bento {result['build']} serving at {url} (OpenAPI docs at {url}/docs)")
         for _, order in orders.iterrows():
-            body = {field: order[field].item() if hasattr(order[field], "item") else order[field] for field in REQUEST_FIELDS}
+            body = {field: order[field].item() for field in ORDER_REQUEST_FIELDS}
             sent = time.perf_counter()
             answer = httpx.post(f"{url}/eta/order", json=body, timeout=10).json()
             took_ms = (time.perf_counter() - sent) * 1000

@@ -8,19 +8,14 @@ import pandas as pd
 import pytest
 
 from eta.feature_store import feature_store
-from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES, model_inputs
+from eta.features import MARKET_STATE_FEATURES, ORDER_REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
 from eta.ingest import read_history
 from eta.registry import load_model, production_tag
 from eta.training import training_set
 
-REQUEST = [
-    "store_id", "market_id", "order_protocol", "total_items", "subtotal", "num_distinct_items", "min_item_price",
-    "max_item_price", "estimated_order_place_duration", "estimated_store_to_consumer_driving_duration",
-]
-
 
 def _request(order: pd.Series) -> dict:
-    return {field: order[field].item() for field in REQUEST} | {"created_at": order["created_at"].isoformat()}
+    return {field: order[field].item() for field in ORDER_REQUEST_FIELDS} | {"created_at": order["created_at"].isoformat()}
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +87,9 @@ def test_prometheus_metrics_count_requests_per_endpoint(service_url, last_order)
     httpx.post(f"{service_url}/eta/order", json=_request(last_order), timeout=10)
     metrics = httpx.get(f"{service_url}/metrics", timeout=10).text
     assert 'bentoml_service_request_total{' in metrics and 'endpoint="/eta/order"' in metrics
+
+
+def test_the_request_schema_carries_exactly_the_fields_training_uses():
+    from bentos.eta_service import Order
+
+    assert set(Order.model_fields) == {*ORDER_REQUEST_FIELDS, "created_at"}

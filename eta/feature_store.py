@@ -21,6 +21,7 @@ from eta.features import market_state
 from eta.settings import PROJECT_ROOT, Settings
 
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+MARKET_STATE_PUSH = "market_state_push"  # the PushSource's name in feature_repo/definitions.py
 OnlineStore = Literal["redis", "sqlite"]
 
 
@@ -109,13 +110,16 @@ def push_market_state(store: FeatureStore, orders: pd.DataFrame) -> int:
     An older state never overwrites a newer one online (Feast compares event times).
     """
     latest = market_state(orders).groupby("market_id").tail(1)
-    store.push("market_state_push", latest, to=PushMode.ONLINE)
+    store.push(MARKET_STATE_PUSH, latest, to=PushMode.ONLINE)
     return len(latest)
 
 
-def is_applied(store: FeatureStore) -> bool:
-    """Whether `feast apply` has registered this project's definitions yet."""
-    return Path(store.config.registry.path).exists() and bool(store.list_feature_views())
+def can_push_market_state(store: FeatureStore) -> bool:
+    """Whether `feast apply` has registered the push source yet (not before the first features run, nor
+    in a registry applied by a version without it: the next features run applies it)."""
+    if not Path(store.config.registry.path).exists():
+        return False
+    return any(source.name == MARKET_STATE_PUSH for source in store.list_data_sources())
 
 
 def materialize(store: FeatureStore, start: datetime, end: datetime) -> None:

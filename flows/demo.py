@@ -37,15 +37,14 @@ def main() -> None:
     print(f"== challenger {trained['model']}: MAE {metrics['mae_min']:.2f} min, RMSE {metrics['rmse_min']:.2f}, "
           f"80% range covers {metrics['interval_coverage_80']:.1%} of {metrics['n_orders']} held-out orders; "
           f"naive median MAE {naive['mae_min']:.2f}, RMSE {naive['rmse_min']:.2f}")
-    print(f"== gate: {'promoted' if gate['promote'] else 'refused'}: {gate['reason']}")
+    print(f"== gate: {'promoted' if gate['promote'] else 'not promoted'} ({gate['reason']})")
     tag = production_tag(settings)
     print(f"== production model {tag}: held-out MAE {model_metadata(tag)['metrics']['mae_min']:.2f} min")
 
     orders = read_history(settings).tail(3)
     with bento_server(result["build"], settings, settings.data_path / "logs" / "bento.log") as url:
         print(f"== Bento {result['build']} serving at {url} (OpenAPI docs at {url}/docs)")
-        for _, order in orders.iterrows():
-            body = {field: order[field].item() for field in ORDER_REQUEST_FIELDS}
+        for body in orders[ORDER_REQUEST_FIELDS].to_dict("records"):
             sent = time.perf_counter()
             answer = httpx.post(f"{url}/eta/order", json=body, timeout=10).json()
             took_ms = (time.perf_counter() - sent) * 1000

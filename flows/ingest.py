@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from eta.feature_store import feature_store, is_applied, push_market_state
+from eta.feature_store import can_push_market_state, feature_store, push_market_state
 from eta.ingest import ingest_batch
 from eta.orders import OrdersBatch, load_orders_file, validate_orders
 from eta.settings import Settings
@@ -29,7 +29,7 @@ def ingest(orders_file: str | None, settings: Settings) -> dict[str, object]:
     )
     report = ingest_batch(batch, settings)
     store = feature_store(settings)
-    if len(batch.accepted) and is_applied(store):
+    if len(batch.accepted) and can_push_market_state(store):
         report["markets_pushed"] = push_market_state(store, batch.accepted)
     return report
 

@@ -6,6 +6,7 @@ import uuid
 
 import pandas as pd
 import pytest
+from feast import Entity
 
 from eta.feature_store import apply_definitions, feature_store, materialize, push_market_state
 from eta.feature_tables import write_feature_tables
@@ -63,3 +64,17 @@ def test_ingest_flow_pushes_the_new_batch_without_waiting_for_materialization(re
     report = ingest_orders(orders_file=str(path), namespace=settings.feast_project)
     assert report["new_orders"] == 3 and report["markets_pushed"] == 1
     assert _online_onshift(store, settings, 2) == 43.0
+
+
+def test_ingest_does_not_push_before_the_push_source_is_applied(local_settings):
+    from eta.feature_store import can_push_market_state
+
+    store = feature_store(local_settings)
+    assert not can_push_market_state(store), "no registry yet"
+    store.apply([Entity(name="store", join_keys=["store_id"])])  # a registry as a version without the push left it
+    assert not can_push_market_state(store)
+    orders = simulate_orders(SimulationSettings(markets=1, stores=2, days=1, seed=3))
+    ingest_batch(validate_orders(orders, local_settings.validation), local_settings)
+    write_feature_tables(local_settings)
+    apply_definitions(store, local_settings)
+    assert can_push_market_state(store)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from eta.features import market_state, store_history
-from eta.ingest import read_history, write_table
+from eta.ingest import read_history
 from eta.settings import Settings
+from eta.storage import write_table
 
 
 def write_feature_tables(settings: Settings) -> dict[str, object]:

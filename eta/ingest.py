@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pandas as pd
 
 from eta.orders import ORDER_COLUMNS, OrdersBatch
 from eta.settings import Settings
+from eta.storage import write_table
 
 
 class BatchRejected(ValueError):
     """Raised when most of a batch is invalid: something upstream is broken, not a few bad rows."""
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """A crash mid-write never leaves a half-written table behind: write beside it, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def read_history(settings: Settings) -> pd.DataFrame:

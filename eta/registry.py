@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from bentoml.exceptions import NotFound
 
 from eta.features import MODEL_FEATURES
 from eta.settings import PROJECT_ROOT, GateSettings, Settings
+from eta.storage import replace_atomically
 from eta.training import EtaModel
 
 MODEL_FILE = "point.txt"
@@ -102,11 +102,7 @@ def _read_pointer(settings: Settings) -> dict[str, object]:
 
 
 def _write_pointer(settings: Settings, state: dict[str, object]) -> None:
-    pointer = _pointer(settings)
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, pointer)
+    replace_atomically(_pointer(settings), lambda tmp: tmp.write_text(json.dumps(state)))
 
 
 def production_tag(settings: Settings) -> str | None:

@@ -15,9 +15,10 @@ from prefect.artifacts import create_table_artifact
 from eta.behaviour import behaviour_failures
 from eta.feature_store import feature_store
 from eta.features import MODEL_FEATURES, model_inputs
-from eta.ingest import read_history, write_table
+from eta.ingest import read_history
 from eta.registry import gate, load_model, model_metadata, production_tag, promote, save_model
 from eta.settings import Settings
+from eta.storage import write_table
 from eta.training import baselines, score, split_by_time, train_eta_model, training_set
 from flows.common import settings_with
 

@@ -1,82 +1,122 @@
-"""BentoML service answering "how many minutes until this order arrives?".
+"""The Bento: two services for the two prediction moments, scaled independently.
 
-`POST /eta/order` takes one placed order, reads its store's and market's features from Feast's
-online store, builds the model input with the same `model_inputs` training uses, and predicts with
-the production model. Run: `bentoml serve bentos.eta_service:EtaService` (or the built Bento).
+- `EtaQuote` (`POST /eta/quote`): before the order, a restaurant list page of up to `max_stores`
+  stores; cached per store in-process (L1) and in Redis shared by replicas (L2).
+- `EtaOrder` (`POST /eta/order`): one placed order, freshest market state, no answer cache. It is the
+  Bento's entry service and also forwards `/eta/quote`, so `bentoml serve` answers both on one port;
+  deployed, each service is its own deployment (`--service-name EtaQuote`) with its own workers.
+
+Both run `eta.serving.Predictor` on the production model (inside a built Bento the only model packed
+is the production one, so `latest` resolves to it). Readiness turns true only after the model is
+loaded, the Redis pool is open, the Feast registry was read and warm-up predictions ran.
 """
 
 from __future__ import annotations
 
+import gc
 import os
-from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import bentoml
-from pydantic import BaseModel, Field
 
-from eta.feature_store import feature_store, online_store_kind
-from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES, model_inputs
+from eta.api import Eta, Order, Quote, QuoteRequest, QuoteStore
+from eta.feature_store import feature_store
+from eta.http_guard import Guard
 from eta.registry import load_model_from, production_tag
+from eta.serving import Predictor, Telemetry, redis_client
 from eta.settings import get_settings
 
 settings = get_settings()
-# Inside a built Bento the only model packed is the production one, so `latest` resolves to it.
 MODEL_TAG = os.environ.get("ETA_MODEL_TAG") or production_tag(settings) or f"{settings.model_name}:latest"
+TRAFFIC = {"timeout": 5, "max_concurrency": 512}
+# An access-log line per request costs more than a cached quote; errors are still logged.
+LOGGING = {"access": {"enabled": False}}
+WARM_UP_ORDER = Order(store_id=0, market_id=1, order_protocol=1, total_items=1, subtotal=0, num_distinct_items=1,
+                      min_item_price=0, max_item_price=0, estimated_order_place_duration=0,
+                      estimated_store_to_consumer_driving_duration=0)
 
 
-class Order(BaseModel):
-    """A placed order, as the app knows it at checkout."""
+class PrometheusTelemetry(Telemetry):
+    """Cache hits and misses, degraded answers, dependency errors and feature age, per worker process."""
 
-    store_id: int = Field(ge=0, description="Restaurant id")
-    market_id: int = Field(ge=1, description="City/region id")
-    created_at: datetime | None = Field(None, description="Order time (UTC); now when omitted")
-    order_protocol: int = Field(ge=1, le=7, description="How the order reaches the store")
-    total_items: int = Field(ge=1, le=settings.validation.max_items)
-    subtotal: float = Field(ge=0, le=1_000_000, description="Basket value in cents")
-    num_distinct_items: int = Field(ge=1, le=settings.validation.max_items)
-    min_item_price: float = Field(ge=-100_000, le=1_000_000, description="Cents; discounts can be negative")
-    max_item_price: float = Field(ge=0, le=1_000_000, description="Cents")
-    estimated_order_place_duration: float = Field(ge=0, le=86_400, description="Seconds")
-    estimated_store_to_consumer_driving_duration: float = Field(ge=0, le=86_400, description="Seconds")
+    def __init__(self) -> None:
+        # prometheus_client is imported here, after BentoML set PROMETHEUS_MULTIPROC_DIR for the worker.
+        from prometheus_client import Counter, Histogram
 
+        self.events = Counter("eta_events", "Cache hits/misses, degraded answers, dependency errors",
+                              ["kind", "detail"])
+        self.age = Histogram("eta_feature_age_seconds", "Age of online feature vectors when read", ["view"],
+                             buckets=(1, 10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400))
 
-class Eta(BaseModel):
-    minutes: float = Field(description="Predicted minutes from order creation to delivery (median)")
-    range_min: tuple[float, float] = Field(description="Calibrated 80% range in minutes, as shown to the customer")
-    model_version: str
-    store_features_found: bool = Field(description="False when the store has no recent history online")
-    market_features_found: bool
+    def count(self, event: str, n: int = 1) -> None:
+        if n:
+            kind, _, detail = event.partition(":")
+            self.events.labels(kind, detail).inc(n)
+
+    def feature_age(self, view: str, seconds: float) -> None:
+        self.age.labels(view).observe(seconds)
 
 
-@bentoml.service(traffic={"timeout": 10}, workers=1)
-class EtaService:
+@lru_cache
+def _telemetry() -> PrometheusTelemetry:
+    return PrometheusTelemetry()
+
+
+class _Serving:
+    """What both services share: the model, the predictor, warm-up and readiness."""
+
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
         # On an instance, BentoML resolves the declared model to the stored one.
         self.eta_model = load_model_from(Path(self.model.path), self.model.info.metadata)
-        self.store = feature_store(settings, online_store_kind(settings))
-        self.feature_service = self.store.get_feature_service(settings.feature_service)
-        # Warm the registry cache, the Redis connection and the model before the first real request.
-        self.order(Order(store_id=0, market_id=1, order_protocol=1, total_items=1, subtotal=0, num_distinct_items=1,
-                         min_item_price=0, max_item_price=0, estimated_order_place_duration=0,
-                         estimated_store_to_consumer_driving_duration=0))
+        # Reading the feature service checks the registry knows it before the first request.
+        feature_store(settings, "redis").get_feature_service(settings.feature_service)
+        self.ready = False
+
+    @bentoml.on_startup
+    async def open_and_warm(self) -> None:
+        self.predictor = Predictor(self.eta_model, str(self.model.tag), settings, redis_client(settings.redis_url),
+                                   _telemetry())
+        for _ in range(20):
+            await self.predictor.order(WARM_UP_ORDER)
+            await self.predictor.quote(QuoteRequest(market_id=1, stores=[QuoteStore(
+                store_id=0, estimated_store_to_consumer_driving_duration=0)]))
+        self.predictor.quotes.fresh.clear()
+        # Everything loaded so far lives as long as the worker: keep it out of every later collection.
+        gc.collect()
+        gc.freeze()
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+
+@bentoml.service(name="EtaQuote", workers=1, traffic=TRAFFIC, logging=LOGGING)
+class EtaQuote(_Serving):
+    @bentoml.api(route="/eta/quote")
+    async def quote(self, request: QuoteRequest, /) -> Quote:
+        return await self.predictor.quote(request)
+
+
+@bentoml.service(name="EtaOrder", workers=1, traffic=TRAFFIC, logging=LOGGING)
+class EtaOrder(_Serving):
+    quotes = bentoml.depends(EtaQuote)
 
     @bentoml.api(route="/eta/order")
-    def order(self, order: Order, /) -> Eta:
-        online = self.store.get_online_features(
-            features=self.feature_service,
-            entity_rows=[{"store_id": order.store_id, "market_id": order.market_id}],
-        ).to_dict()
-        row = order.model_dump()
-        row["created_at"] = row["created_at"] or datetime.now(timezone.utc)
-        columns = {name: [value] for name, value in row.items()}
-        columns.update({name: online[name] for name in [*STORE_HISTORY_FEATURES, *MARKET_STATE_FEATURES]})
-        point, lower, upper = self.eta_model.predict(model_inputs(columns))
-        return Eta(
-            minutes=round(float(point[0]), 2),
-            range_min=(round(float(lower[0]), 1), round(float(upper[0]), 1)),
-            model_version=str(self.model.tag),
-            store_features_found=online[STORE_HISTORY_FEATURES[0]][0] is not None,
-            market_features_found=online[MARKET_STATE_FEATURES[0]][0] is not None,
-        )
+    async def order(self, order: Order, /) -> Eta:
+        return await self.predictor.order(order)
+
+    @bentoml.api(route="/eta/quote")
+    async def quote(self, request: QuoteRequest, /) -> Quote:
+        """Forwarded to the EtaQuote service, which scales on its own."""
+        return Quote.model_validate(await self.quotes.to_async.quote(request.model_dump()))
+
+
+for service in (EtaQuote, EtaOrder):
+    service.add_asgi_middleware(
+        Guard,
+        api_key=settings.serving.api_key.get_secret_value() if settings.serving.api_key else None,
+        max_body_bytes=settings.serving.max_body_bytes,
+    )

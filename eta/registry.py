@@ -47,6 +47,7 @@ def save_model(model: EtaModel, metadata: dict[str, object], settings: Settings,
             "features": MODEL_FEATURES,
             "feature_service": settings.feature_service,
             "log_range": [model.log_lower, model.log_upper],
+            "typical_order": model.typical_order,
             "code_version": code_version(),
         },
     ) as stored:
@@ -62,7 +63,8 @@ def load_model(tag: str) -> EtaModel:
 def load_model_from(path: Path, metadata: dict[str, object]) -> EtaModel:
     """A stored model from its folder and metadata (also how a Bento loads the model it packs)."""
     log_lower, log_upper = metadata["log_range"]
-    return EtaModel(lgb.Booster(model_file=str(path / MODEL_FILE)), float(log_lower), float(log_upper))
+    typical = {name: float(value) for name, value in dict(metadata.get("typical_order", {})).items()}
+    return EtaModel(lgb.Booster(model_file=str(path / MODEL_FILE)), float(log_lower), float(log_upper), typical)
 
 
 def model_metadata(tag: str) -> dict[str, object]:

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -60,6 +60,20 @@ class DriftSettings(BaseModel):
     recent_days: float = Field(2, gt=0)
 
 
+class ServingSettings(BaseModel):
+    api_key: SecretStr | None = None  # set from a secret (ETA_SERVING__API_KEY); None leaves the API open
+    max_stores: int = Field(100, ge=1, le=1000)  # stores per quote request (one restaurant list page)
+    max_body_bytes: int = Field(64_000, ge=1024)
+    feature_timeout_ms: float = Field(8, gt=0)  # longer and the answer is served degraded
+    redis_retry_after_s: float = Field(0.5, gt=0)  # after a failure, serve degraded this long before trying again
+    store_features_ttl_s: float = Field(60, gt=0)  # store history changes with deliveries: a minute is fresh
+    market_features_ttl_s: float = Field(1, gt=0)  # market state is pushed by the minute: order answers want it now
+    quote_ttl_s: int = Field(60, ge=1)  # quote answers, in L1 and L2
+    quote_bucket_s: int = Field(300, ge=1)  # quotes are computed for the start of their time bucket
+    quote_drive_step_s: int = Field(60, ge=1)  # quotes round the drive estimate to this step
+    l1_max_entries: int = Field(200_000, ge=100)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ETA_", env_nested_delimiter="__", yaml_file=CONFIG_FILE, extra="ignore"
@@ -77,6 +91,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     gate: GateSettings = GateSettings()
     drift: DriftSettings = DriftSettings()
+    serving: ServingSettings = ServingSettings()
 
     @classmethod
     def settings_customise_sources(

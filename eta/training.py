@@ -10,7 +10,7 @@ and it covers the asked share (80%) of orders like the calibration window's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightgbm as lgb
 import numpy as np
@@ -107,10 +107,11 @@ class EtaModel:
     point: lgb.Booster
     log_lower: float
     log_upper: float
+    typical_order: dict[str, float] = field(default_factory=dict)  # what a quote assumes before the basket exists
 
-    def predict(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Point ETA, lower and upper end of the range, in minutes."""
-        point = np.exp(self.point.predict(inputs))
+    def predict(self, inputs: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Point ETA, lower and upper end of the range, in minutes (`threads=1` for one request: no pool wake-up)."""
+        point = np.exp(self.point.predict(inputs, num_threads=threads))
         return point, point * np.exp(self.log_lower), point * np.exp(self.log_upper)
 
 
@@ -140,7 +141,13 @@ def train_eta_model(split: TimeSplit, config: TrainingSettings) -> EtaModel:
     refit keeps them, and the gate checks on the untouched holdout that the range still covers.
     """
     offsets = conformal_offsets(fit_booster(split.train, config), split.calibration, config.interval)
-    return EtaModel(fit_booster(pd.concat([split.train, split.calibration], ignore_index=True), config), *offsets)
+    seen = pd.concat([split.train, split.calibration], ignore_index=True)
+    return EtaModel(fit_booster(seen, config), *offsets, typical_order=typical_order(seen))
+
+
+def typical_order(frame: pd.DataFrame) -> dict[str, float]:
+    """Median request fields of the orders a model learned from: a quote's stand-in for the unknown basket."""
+    return {name: float(frame[name].median()) for name in REQUEST_FIELDS if name not in ("created_at", "market_id")}
 
 
 def score(model: EtaModel, frame: pd.DataFrame) -> dict[str, object]:

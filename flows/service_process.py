@@ -23,7 +23,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextlib.contextmanager
 def bento_server(target: str, settings: Settings, log_path: Path) -> Iterator[str]:
-    """Serve `target` (a Bento tag or `bentos.eta_service:EtaService`) on a free port; yield its base URL.
+    """Serve `target` (a Bento tag or `bentos.eta_service:EtaOrder`) on a free port; yield its base URL.
 
     The service reads the same data folder and Feast project as `settings`, whatever folder it runs from.
     """

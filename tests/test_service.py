@@ -90,6 +90,6 @@ def test_prometheus_metrics_count_requests_per_endpoint(service_url, last_order)
 
 
 def test_the_request_schema_carries_exactly_the_fields_training_uses():
-    from bentos.eta_service import Order
+    from eta.api import Order
 
     assert set(Order.model_fields) == {*ORDER_REQUEST_FIELDS, "created_at"}

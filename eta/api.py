@@ -1,0 +1,76 @@
+"""Request and answer models of the HTTP API, shared by the Bento services and the reference app.
+
+Bounds are strict so a bad request gets a 422 naming its field before any work is done; ids stay
+inside int32 so they always fit Feast's int64 entity keys.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from eta.settings import get_settings
+
+_limits = get_settings()
+MAX_ID = 2**31 - 1
+MAX_ITEMS = _limits.validation.max_items
+MAX_SECONDS = 86_400
+MAX_CENTS = 1_000_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+
+class Order(_Strict):
+    """A placed order, as the app knows it at checkout."""
+
+    store_id: int = Field(ge=0, le=MAX_ID, description="Restaurant id")
+    market_id: int = Field(ge=1, le=MAX_ID, description="City/region id")
+    created_at: datetime | None = Field(None, description="Order time (UTC); now when omitted")
+    order_protocol: int = Field(ge=1, le=7, description="How the order reaches the store")
+    total_items: int = Field(ge=1, le=MAX_ITEMS)
+    subtotal: float = Field(ge=0, le=MAX_CENTS, description="Basket value in cents")
+    num_distinct_items: int = Field(ge=1, le=MAX_ITEMS)
+    min_item_price: float = Field(ge=-100_000, le=MAX_CENTS, description="Cents; discounts can be negative")
+    max_item_price: float = Field(ge=0, le=MAX_CENTS, description="Cents")
+    estimated_order_place_duration: float = Field(ge=0, le=MAX_SECONDS, description="Seconds")
+    estimated_store_to_consumer_driving_duration: float = Field(ge=0, le=MAX_SECONDS, description="Seconds")
+
+
+class Eta(BaseModel):
+    minutes: float = Field(description="Predicted minutes from order creation to delivery (median)")
+    range_min: tuple[float, float] = Field(description="Calibrated 80% range in minutes, as shown to the customer")
+    model_version: str
+    degraded: bool = Field(description="True when features could not be read fresh (stale or missing)")
+    store_features_found: bool = Field(description="False when the store has no recent history online")
+    market_features_found: bool
+
+
+class QuoteStore(_Strict):
+    store_id: int = Field(ge=0, le=MAX_ID, description="Restaurant id")
+    estimated_store_to_consumer_driving_duration: float = Field(
+        ge=0, le=MAX_SECONDS, description="Routing estimate of the drive to this customer, seconds"
+    )
+
+
+class QuoteRequest(_Strict):
+    """A restaurant list page: one customer's context and the stores shown to them, before any basket."""
+
+    market_id: int = Field(ge=1, le=MAX_ID, description="City/region id")
+    created_at: datetime | None = Field(None, description="When the page is shown (UTC); now when omitted")
+    stores: list[QuoteStore] = Field(min_length=1, max_length=_limits.serving.max_stores)
+
+
+class StoreEta(BaseModel):
+    store_id: int
+    minutes: float
+    range_min: tuple[float, float]
+    degraded: bool
+
+
+class Quote(BaseModel):
+    model_version: str
+    etas: list[StoreEta]
+    degraded: bool = Field(description="True when any store's answer was computed without fresh features")

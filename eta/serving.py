@@ -1,0 +1,234 @@
+"""The prediction core both HTTP services run: features from Feast's Redis, caches, degraded mode, model.
+
+Framework-free so the Bento services and the plain-FastAPI reference do exactly the same work.
+Every answer is built by `model_inputs`, the function training uses. When Redis is slow or gone the
+core answers within the time budget from the last values it knew (or none: LightGBM routes missing
+features as it learned from stores without history), marks the answer degraded, and tries Redis
+again `redis_retry_after_s` later, so it recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+import numpy as np
+import redis.asyncio as aioredis
+from cachetools import TLRUCache
+from redis.exceptions import RedisError
+
+from eta.api import Eta, Order, Quote, QuoteRequest, StoreEta
+from eta.features import MARKET_STATE_FEATURES, REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
+from eta.online_features import MARKET_STATE, STORE_HISTORY, FeatureVector, OnlineFeatureReader, View
+from eta.serving_cache import CoalescingCache, SharedCache, ttl_cache
+from eta.settings import ServingSettings, Settings
+from eta.training import EtaModel
+
+# A quote is shown before any basket exists: it prices the model's typical order (training medians).
+QUOTE_DEFAULTED_FIELDS = [f for f in REQUEST_FIELDS if f not in ("created_at", "market_id",
+                                                                 "estimated_store_to_consumer_driving_duration")]
+DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class Telemetry:
+    """What the core reports; the Bento services export it to Prometheus, the reference app drops it."""
+
+    def count(self, event: str, n: int = 1) -> None:
+        """`event` is "<what>:<detail>": features:hit, quotes_l2:miss, degraded:order, redis_error:<type>."""
+
+    def feature_age(self, view: str, seconds: float) -> None:
+        """Age of a feature vector just read from the online store."""
+
+FeatureKey = tuple[View, int]
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """One pool per worker, opened once; short socket timeouts so a dead Redis fails fast."""
+    return aioredis.Redis.from_url(url, socket_connect_timeout=0.05, socket_timeout=0.25, max_connections=64)
+
+
+def _feature_cache(config: ServingSettings) -> CoalescingCache[FeatureKey, FeatureVector]:
+    """Per-view TTLs: store history may be a minute old, market state only a second."""
+    ttl = {STORE_HISTORY: config.store_features_ttl_s, MARKET_STATE: config.market_features_ttl_s}
+    return CoalescingCache(TLRUCache(maxsize=config.l1_max_entries, ttu=lambda key, _value, now: now + ttl[key[0]],
+                                     timer=time.monotonic))
+
+
+class Predictor:
+    def __init__(self, model: EtaModel, model_version: str, settings: Settings, client: aioredis.Redis,
+                 telemetry: Telemetry | None = None) -> None:
+        self.model = model
+        self.model_version = model_version
+        self.config = settings.serving
+        self.reader = OnlineFeatureReader(client, settings.feast_project)
+        self.features = _feature_cache(self.config)
+        # A degraded answer is never cached: once Redis is back, the next request gets a fresh one.
+        self.quotes: CoalescingCache[str, tuple[float, float, float, bool]] = CoalescingCache(
+            ttl_cache(self.config.quote_ttl_s, self.config.l1_max_entries), cacheable=lambda answer: not answer[3]
+        )
+        self.shared = SharedCache(client, f"eta:quote:{settings.feast_project}", self.config.quote_ttl_s)
+        self.telemetry = telemetry or Telemetry()
+        self.count = self.telemetry.count
+        self._retry_at = 0.0
+        self._background: set[asyncio.Task] = set()
+
+    @property
+    def redis_healthy(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def _failed(self, error: BaseException) -> None:
+        self._retry_at = time.monotonic() + self.config.redis_retry_after_s
+        self.count(f"redis_error:{type(error).__name__}", 1)
+
+    async def _bounded(self, work):
+        async with asyncio.timeout(self.config.feature_timeout_ms / 1000):
+            return await work
+
+    async def vectors(self, wanted: Sequence[FeatureKey]) -> tuple[list[FeatureVector], bool]:
+        """Feature vectors for (view, id) pairs and whether they are degraded (stale or missing by failure)."""
+        before = (self.features.hits, self.features.misses)
+        if self.redis_healthy:
+            try:
+                found = await self._bounded(self.features.get_many(wanted, self._read))
+                self._count_cache("features", before, self.features)
+                return found, False
+            except DEPENDENCY_ERRORS as error:
+                self._failed(error)
+        return [self._last_known(key) for key in wanted], True
+
+    async def _read(self, wanted: list[FeatureKey]) -> list[FeatureVector]:
+        vectors = await self.reader.read(wanted)
+        now = time.time()
+        for (view, _), vector in zip(wanted, vectors):
+            if vector.event_time is not None:
+                self.telemetry.feature_age(view.name, now - vector.event_time)
+        return vectors
+
+    def _last_known(self, key: FeatureKey) -> FeatureVector:
+        view = key[0]
+        return self.features.stale.get(key) or FeatureVector(tuple(math.nan for _ in view.features), None)
+
+    def _count_cache(self, cache: str, before: tuple[int, int], now: CoalescingCache) -> None:
+        self.count(f"{cache}:hit", now.hits - before[0])
+        self.count(f"{cache}:miss", now.misses - before[1])
+
+    async def order(self, order: Order) -> Eta:
+        (store, market), degraded = await self.vectors(
+            [(STORE_HISTORY, order.store_id), (MARKET_STATE, order.market_id)]
+        )
+        row = order.model_dump()
+        row["created_at"] = row["created_at"] or datetime.now(timezone.utc)
+        columns = {name: [value] for name, value in row.items()}
+        columns.update(zip(STORE_HISTORY_FEATURES, ([v] for v in store.values)))
+        columns.update(zip(MARKET_STATE_FEATURES, ([v] for v in market.values)))
+        point, lower, upper = self.model.predict(model_inputs(columns), threads=1)
+        if degraded:
+            self.count("degraded:order", 1)
+        return Eta(
+            minutes=round(float(point[0]), 2),
+            range_min=(round(float(lower[0]), 1), round(float(upper[0]), 1)),
+            model_version=self.model_version,
+            degraded=degraded,
+            store_features_found=store.found,
+            market_features_found=market.found,
+        )
+
+    def quote_keys(self, request: QuoteRequest) -> tuple[float, list[str]]:
+        """The time the quote is computed for (its bucket's start) and one cache key per store.
+
+        A key holds everything the answer depends on but the features: model, bucket, market, store
+        and the rounded drive. The features' own TTLs bound their age.
+        """
+        shown_at = (request.created_at or datetime.now(timezone.utc)).timestamp()
+        bucket = int(shown_at // self.config.quote_bucket_s)
+        keys = [
+            f"{self.model_version}:{bucket}:{request.market_id}:{store.store_id}:{self._drive(store.estimated_store_to_consumer_driving_duration)}"
+            for store in request.stores
+        ]
+        return float(bucket * self.config.quote_bucket_s), keys
+
+    def _drive(self, seconds: float) -> int:
+        step = self.config.quote_drive_step_s
+        return int(round(seconds / step) * step)
+
+    async def quote(self, request: QuoteRequest) -> Quote:
+        at, keys = self.quote_keys(request)
+        before = (self.quotes.hits, self.quotes.misses)
+        by_key = dict(zip(keys, request.stores))
+        answers = await self.quotes.get_many(
+            keys, lambda missing: self._quote_misses(at, request.market_id, [by_key[k] for k in missing], missing)
+        )
+        self._count_cache("quotes_l1", before, self.quotes)
+        degraded = any(answer[3] for answer in answers)
+        if degraded:
+            self.count("degraded:quote", 1)
+        etas = [
+            StoreEta(store_id=store.store_id, minutes=point, range_min=(low, high), degraded=flag)
+            for store, (point, low, high, flag) in zip(request.stores, answers)
+        ]
+        return Quote(model_version=self.model_version, etas=etas, degraded=degraded)
+
+    async def _quote_misses(self, at: float, market_id: int, stores: list, keys: list[str]):
+        """L1 misses: answers from L2 where it has them, computed (and written to L2) for the rest."""
+        shared: list[bytes | None] = [None] * len(keys)
+        if self.redis_healthy:
+            try:
+                shared = await self._bounded(self.shared.get_many(keys))
+            except DEPENDENCY_ERRORS as error:
+                self._failed(error)
+        answers = [_decode(value) for value in shared]
+        todo = [i for i, answer in enumerate(answers) if answer is None]
+        self.count("quotes_l2:hit", len(keys) - len(todo))
+        self.count("quotes_l2:miss", len(todo))
+        if todo:
+            computed = await self._compute_quotes(at, market_id, [stores[i] for i in todo])
+            for i, answer in zip(todo, computed):
+                answers[i] = answer
+            fresh = {keys[i]: _encode(answers[i]) for i in todo if not answers[i][3]}
+            if fresh and self.redis_healthy:
+                self._in_background(self.shared.set_many(fresh))
+        return answers
+
+    async def _compute_quotes(self, at: float, market_id: int, stores: list) -> list[tuple[float, float, float, bool]]:
+        wanted = [(STORE_HISTORY, s.store_id) for s in stores] + [(MARKET_STATE, market_id)]
+        vectors, degraded = await self.vectors(wanted)
+        *store_vectors, market = vectors
+        n = len(stores)
+        columns: dict[str, object] = {name: np.full(n, self.model.typical_order.get(name, math.nan))
+                                      for name in QUOTE_DEFAULTED_FIELDS}
+        columns["created_at"] = np.full(n, np.datetime64(int(at), "s"))
+        columns["market_id"] = np.full(n, float(market_id))
+        columns["estimated_store_to_consumer_driving_duration"] = np.array(
+            [self._drive(s.estimated_store_to_consumer_driving_duration) for s in stores], dtype=float
+        )
+        history = np.array([v.values for v in store_vectors], dtype=float).reshape(n, len(STORE_HISTORY_FEATURES))
+        columns.update({name: history[:, i] for i, name in enumerate(STORE_HISTORY_FEATURES)})
+        columns.update({name: np.full(n, value) for name, value in zip(MARKET_STATE_FEATURES, market.values)})
+        point, lower, upper = self.model.predict(model_inputs(columns), threads=1)
+        return [(round(float(p), 1), round(float(lo), 1), round(float(hi), 1), degraded)
+                for p, lo, hi in zip(point, lower, upper)]
+
+    def _in_background(self, work) -> None:
+        task = asyncio.create_task(self._quietly(work))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _quietly(self, work) -> None:
+        try:
+            await work
+        except DEPENDENCY_ERRORS as error:
+            self._failed(error)
+
+
+def _encode(answer: tuple[float, float, float, bool]) -> bytes:
+    return f"{answer[0]},{answer[1]},{answer[2]}".encode()
+
+
+def _decode(value: bytes | None) -> tuple[float, float, float, bool] | None:
+    if value is None:
+        return None
+    point, low, high = (float(part) for part in value.split(b","))
+    return point, low, high, False

@@ -1,0 +1,112 @@
+"""The service's caches: in-process L1 (TTL, coalesced loads) and a Redis L2 shared by replicas.
+
+L1 holds per-entity feature vectors and quote answers; L2 holds quote answers. Every key a caller
+builds carries what makes an answer valid (model version, time bucket), so a new model or a new
+bucket can only miss, never serve an old answer; TTLs bound how stale a feature can be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar
+
+import redis.asyncio as aioredis
+from cachetools import Cache, LRUCache, TTLCache
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def ttl_cache(ttl_s: float, maxsize: int, timer: Callable[[], float] = time.monotonic) -> TTLCache:
+    return TTLCache(maxsize=maxsize, ttl=ttl_s, timer=timer)
+
+
+class CoalescingCache(Generic[K, V]):
+    """A cache (TTL or per-key TTL) whose misses are loaded in one batch; concurrent misses of a key wait for one load.
+
+    It also remembers the last value of every key beyond its TTL (`stale`), so that when the source
+    is down a caller can still answer from what it knew.
+    """
+
+    def __init__(self, fresh: Cache, cacheable: Callable[[V], bool] = lambda _value: True) -> None:
+        self.fresh = fresh
+        self.stale: LRUCache[K, V] = LRUCache(maxsize=fresh.maxsize)
+        self.cacheable = cacheable
+        self._loading: dict[K, asyncio.Future[V]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.loads = 0
+
+    async def get_many(self, keys: Sequence[K], load: Callable[[list[K]], Awaitable[list[V]]]) -> list[V]:
+        """Values for `keys`; the missing ones come from one `load(missing)` call, shared with waiters."""
+        found: dict[K, V | asyncio.Future[V]] = {}
+        missing: list[K] = []
+        for key in keys:
+            if key in found:
+                continue
+            value = self.fresh.get(key, _ABSENT)
+            if value is not _ABSENT:
+                self.hits += 1
+                found[key] = value
+            elif key in self._loading:
+                self.hits += 1
+                found[key] = self._loading[key]
+            else:
+                self.misses += 1
+                missing.append(key)
+        if missing:
+            await self._load(missing, load, found)
+        return [await _resolved(found[key]) for key in keys]
+
+    async def _load(self, missing: list[K], load: Callable[[list[K]], Awaitable[list[V]]], found: dict) -> None:
+        loop = asyncio.get_running_loop()
+        futures = {key: loop.create_future() for key in missing}
+        self._loading.update(futures)
+        found.update(futures)
+        self.loads += 1
+        try:
+            values = await load(missing)
+        except BaseException as error:
+            for future in futures.values():
+                future.set_exception(error)
+                future.exception()  # waiters re-raise it; don't log it as never retrieved
+            raise
+        else:
+            for key, value in zip(missing, values):
+                if self.cacheable(value):
+                    self.fresh[key] = value
+                    self.stale[key] = value
+                futures[key].set_result(value)
+        finally:
+            for key in missing:
+                self._loading.pop(key, None)
+
+
+_ABSENT = object()
+
+
+async def _resolved(value):
+    return await value if isinstance(value, asyncio.Future) else value
+
+
+class SharedCache:
+    """Quote answers in Redis (L2), shared by every replica, under one prefix and with a TTL."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, ttl_s: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}:{key}"
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return await self.client.mget([self._key(key) for key in keys])
+
+    async def set_many(self, items: dict[str, bytes]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, value in items.items():
+                pipe.set(self._key(key), value, ex=self.ttl_s)
+            await pipe.execute()

@@ -14,6 +14,7 @@ loaded, the Redis pool is open, the Feast registry was read and warm-up predicti
 from __future__ import annotations
 
 import gc
+from collections import Counter
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +30,11 @@ from eta.settings import get_settings
 
 settings = get_settings()
 MODEL_TAG = os.environ.get("ETA_MODEL_TAG") or production_tag(settings) or f"{settings.model_name}:latest"
-TRAFFIC = {"timeout": 5, "max_concurrency": 512}
+# No BentoML request timeout: its middleware leaves a `call_later` handle per request that holds the
+# request's context (OpenTelemetry span, futures) until the timeout fires - at 500 req/s and the 60 s
+# default, ~900k objects that every gen-2 collection walks (0.2-0.5 s stalls). Requests are bounded
+# inside instead: feature reads by `serving.feature_timeout_ms`, Redis sockets by their timeouts.
+TRAFFIC = {"timeout": 1, "max_concurrency": 512}
 # An access-log line per request costs more than a cached quote; errors are still logged.
 LOGGING = {"access": {"enabled": False}}
 WARM_UP_ORDER = Order(store_id=0, market_id=1, order_protocol=1, total_items=1, subtotal=0, num_distinct_items=1,
@@ -91,6 +96,14 @@ class _Serving:
 
     def __is_ready__(self) -> bool:
         return self.ready
+
+    @bentoml.api(route="/debug/gc")
+    def gc_state(self) -> dict[str, object]:
+        """Objects the collector tracks in this worker (outside the frozen start-up set), by type, and its runs."""
+        tracked = gc.get_objects()
+        types = Counter(type(obj).__name__ for obj in tracked)
+        return {"tracked": len(tracked), "frozen": gc.get_freeze_count(), "top_types": dict(types.most_common(8)),
+                "collections": [stats["collections"] for stats in gc.get_stats()]}
 
 
 @bentoml.service(name="EtaQuote", workers=1, traffic=TRAFFIC, logging=LOGGING)

@@ -29,8 +29,8 @@ class Guard:
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return await _reject(send, 413, f"request body over {self.max_body_bytes} bytes")
-        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            return await _reject(send, 411, "a request body needs a content-length")
+        if length is None and b"transfer-encoding" in headers:
+            return await _reject(send, 411, "a request body needs a content-length (chunked bodies are not bounded)")
         return await self.app(scope, receive, _validation_as_422(send))
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:

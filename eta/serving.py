@@ -211,6 +211,10 @@ class Predictor:
         return [(round(float(p), 1), round(float(lo), 1), round(float(hi), 1), degraded)
                 for p, lo, hi in zip(point, lower, upper)]
 
+    async def drain(self) -> None:
+        """Wait for the L2 writes still on their way (before a shutdown closes the pool)."""
+        await asyncio.gather(*self._background)
+
     def _in_background(self, work) -> None:
         task = asyncio.create_task(self._quietly(work))
         self._background.add(task)

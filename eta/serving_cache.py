@@ -70,15 +70,17 @@ class CoalescingCache(Generic[K, V]):
             values = await load(missing)
         except BaseException as error:
             for future in futures.values():
-                future.set_exception(error)
-                future.exception()  # waiters re-raise it; don't log it as never retrieved
+                if not future.done():
+                    future.set_exception(error)
+                    future.exception()  # waiters re-raise it; don't log it as never retrieved
             raise
         else:
             for key, value in zip(missing, values):
                 if self.cacheable(value):
                     self.fresh[key] = value
                     self.stale[key] = value
-                futures[key].set_result(value)
+                if not futures[key].done():
+                    futures[key].set_result(value)
         finally:
             for key in missing:
                 self._loading.pop(key, None)
@@ -88,7 +90,8 @@ _ABSENT = object()
 
 
 async def _resolved(value):
-    return await value if isinstance(value, asyncio.Future) else value
+    # Shielded: a waiter that gives up (its own timeout) must not cancel the load the others wait for.
+    return await asyncio.shield(value) if isinstance(value, asyncio.Future) else value
 
 
 class SharedCache:

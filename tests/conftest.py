@@ -98,3 +98,25 @@ def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def redis_store(local_settings, settings):
+    """A materialized feature store of this test's own, online in the real Redis, torn down after."""
+    from eta.feature_store import apply_definitions, feature_store, materialize
+    from eta.feature_tables import write_feature_tables
+    from eta.ingest import ingest_batch
+    from eta.orders import validate_orders
+    from eta.settings import SimulationSettings
+    from eta.simulate import simulate_orders
+
+    own = local_settings.model_copy(update={"online_store": "redis", "redis_url": settings.redis_url,
+                                            "feast_project": f"eta_push_{uuid.uuid4().hex[:8]}"})
+    orders = simulate_orders(SimulationSettings(markets=2, stores=10, days=3, seed=13))
+    ingest_batch(validate_orders(orders, own.validation), own)
+    tables = write_feature_tables(own)
+    store = feature_store(own)
+    apply_definitions(store, own)
+    materialize(store, tables["start"].to_pydatetime(), tables["end"].to_pydatetime())
+    yield own, store, orders
+    store.teardown()

@@ -1,0 +1,267 @@
+"""The serving core against real Redis: Feast parity of the async reads, cache correctness, degraded mode.
+
+Each test's online features live in its own Feast project (`redis_store`); the Redis-loss tests run a
+`redis-server` of their own on a free port and kill it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from eta.api import Order, QuoteRequest, QuoteStore
+from eta.feature_store import push_market_state
+from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, STORE_HISTORY_FEATURES
+from eta.online_features import MARKET_STATE, STORE_HISTORY, OnlineFeatureReader
+from eta.serving import Predictor, Telemetry, redis_client
+from eta.training import EtaModel
+from flows.processes import free_port
+
+
+class Recording(Telemetry):
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}
+
+    def count(self, event: str, n: int = 1) -> None:
+        self.events[event] = self.events.get(event, 0) + n
+
+
+@pytest.fixture(scope="module")
+def model() -> EtaModel:
+    """A small real booster over the model's features (the cache and degraded logic do not care how good it is)."""
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(0, 50, size=(500, len(MODEL_FEATURES)))
+    booster = lgb.train({"objective": "regression", "verbosity": -1, "num_threads": 1},
+                        lgb.Dataset(inputs, label=np.log(20 + inputs[:, 0])), num_boost_round=10)
+    return EtaModel(booster, -0.2, 0.25, {"order_protocol": 1, "total_items": 3, "subtotal": 2500,
+                                          "num_distinct_items": 2, "min_item_price": 500, "max_item_price": 1500,
+                                          "estimated_order_place_duration": 250})
+
+
+def _order(store_id: int, market_id: int) -> Order:
+    return Order(store_id=store_id, market_id=market_id, order_protocol=1, total_items=3, subtotal=2500,
+                 num_distinct_items=2, min_item_price=500, max_item_price=1500, estimated_order_place_duration=250,
+                 estimated_store_to_consumer_driving_duration=600)
+
+
+def _quote(market_id: int, store_ids: list[int], at: datetime | None = None) -> QuoteRequest:
+    return QuoteRequest(market_id=market_id, created_at=at, stores=[
+        QuoteStore(store_id=s, estimated_store_to_consumer_driving_duration=600 + 7 * s) for s in store_ids])
+
+
+def _run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def _with_predictor(model, settings, work, version="m:1", telemetry=None, url=None):
+    client = redis_client(url or settings.redis_url)
+    predictor = Predictor(model, version, settings, client, telemetry)
+    try:
+        return await work(predictor)
+    finally:
+        await predictor.drain()
+        await client.aclose()
+
+
+def test_async_reads_return_exactly_what_feast_returns(redis_store):
+    settings, store, orders = redis_store
+    stores = [int(s) for s in orders["store_id"].unique()[:5]] + [999_999]
+    markets = [int(m) for m in orders["market_id"].unique()] + [77]
+    online = store.get_online_features(
+        features=store.get_feature_service(settings.feature_service),
+        entity_rows=[{"store_id": s, "market_id": m} for s, m in zip(stores, markets * len(stores))],
+    ).to_dict()
+
+    async def read():
+        client = redis_client(settings.redis_url)
+        reader = OnlineFeatureReader(client, settings.feast_project)
+        wanted = [(STORE_HISTORY, s) for s in stores] + [(MARKET_STATE, m) for m in (markets * len(stores))[:len(stores)]]
+        try:
+            return await reader.read(wanted)
+        finally:
+            await client.aclose()
+
+    vectors = _run(read())
+    for i in range(len(stores)):
+        for view_vectors, names, offset in ((vectors, STORE_HISTORY_FEATURES, 0), (vectors, MARKET_STATE_FEATURES, len(stores))):
+            vector = view_vectors[offset + i]
+            expected = [online[name][i] for name in names]
+            assert vector.found == (expected[0] is not None)
+            assert [None if math.isnan(v) else v for v in vector.values] == expected
+    assert not vectors[len(stores) - 1].found, "an unknown store has no features"
+
+
+def test_quote_keys_carry_model_version_and_time_bucket(model, settings):
+    config = settings.model_copy(update={"serving": settings.serving.model_copy(update={"quote_bucket_s": 300})})
+    start = datetime(2026, 10, 1, 12, 0, tzinfo=timezone.utc)
+
+    async def keys(version, at):
+        return await _with_predictor(model, config, lambda p: _async(p.quote_keys(_quote(1, [3, 4], at))), version)
+
+    at, same_bucket = _run(keys("m:1", start + timedelta(seconds=10)))
+    assert at == start.timestamp()
+    assert _run(keys("m:1", start + timedelta(seconds=299)))[1] == same_bucket
+    assert not set(_run(keys("m:1", start + timedelta(seconds=300)))[1]) & set(same_bucket), "a new bucket misses"
+    assert not set(_run(keys("m:2", start + timedelta(seconds=10)))[1]) & set(same_bucket), "a new model misses"
+
+
+async def _async(value):
+    return value
+
+
+def test_a_cached_quote_is_the_answer_a_fresh_computation_gives(model, redis_store):
+    settings, _, orders = redis_store
+    stores = [int(s) for s in orders["store_id"].unique()[:6]]
+    market = int(orders["market_id"].iloc[0])
+    version = f"m:{time.time_ns()}"  # a version of its own: nothing in L2 yet
+    request = _quote(market, stores, datetime.now(timezone.utc))
+
+    first_seen, second_seen, other_seen = Recording(), Recording(), Recording()
+    computed = _run(_with_predictor(model, settings, lambda p: p.quote(request), version, first_seen))
+    again_l1 = _run(_with_predictor(model, settings, lambda p: _twice(p, request), version, Recording()))
+    from_l2 = _run(_with_predictor(model, settings, lambda p: p.quote(request), version, second_seen))
+    other_model = _run(_with_predictor(model, settings, lambda p: p.quote(request), version + "b", other_seen))
+
+    assert first_seen.events["quotes_l2:miss"] == len(stores)
+    assert second_seen.events.get("quotes_l2:hit") == len(stores), "a second replica reads L2"
+    assert again_l1.etas == computed.etas and from_l2.etas == computed.etas
+    assert other_seen.events["quotes_l2:miss"] == len(stores), "another model never reads this model's answers"
+    assert other_model.model_version != computed.model_version
+    assert not computed.degraded and all(not eta.degraded for eta in computed.etas)
+    _cleanup_quotes(settings)
+
+
+async def _twice(predictor, request):
+    await predictor.quote(request)
+    before = predictor.quotes.hits
+    answer = await predictor.quote(request)
+    assert predictor.quotes.hits - before == len(request.stores), "the second page comes from L1"
+    return answer
+
+
+def _cleanup_quotes(settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = list(client.scan_iter(f"eta:quote:{settings.feast_project}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_market_state_is_cached_no_longer_than_its_ttl(model, redis_store):
+    settings, store, orders = redis_store
+    ttl = 0.3
+    config = settings.model_copy(update={"serving": settings.serving.model_copy(update={"market_features_ttl_s": ttl})})
+    market = int(orders["market_id"].iloc[0])
+    newer = orders["created_at"].max()
+
+    async def work(predictor):
+        (before,), _ = await predictor.vectors([(MARKET_STATE, market)])
+        push_market_state(store, orders.tail(1).assign(market_id=market, total_onshift_dashers=501.0,
+                                                        created_at=newer + pd.Timedelta(minutes=1)))
+        (cached,), _ = await predictor.vectors([(MARKET_STATE, market)])
+        await asyncio.sleep(ttl + 0.05)
+        (fresh,), _ = await predictor.vectors([(MARKET_STATE, market)])
+        return before, cached, fresh
+
+    before, cached, fresh = _run(_with_predictor(model, config, work))
+    assert cached.values == before.values, "within the TTL the cached vector is served"
+    assert fresh.values[0] == 501.0, "after the TTL the pushed value is"
+
+
+def test_concurrent_misses_of_one_key_read_redis_once(model, redis_store):
+    settings, _, orders = redis_store
+    store_id, market = int(orders["store_id"].iloc[0]), int(orders["market_id"].iloc[0])
+
+    async def work(predictor):
+        reads = []
+        real_read = predictor.reader.read
+
+        async def counted(wanted):
+            reads.append(list(wanted))
+            await asyncio.sleep(0.004)  # a slow Redis (within the time budget): every request arrives while the first read is on its way
+            return await real_read(wanted)
+
+        predictor.reader.read = counted
+        answers = await asyncio.gather(*(predictor.order(_order(store_id, market)) for _ in range(50)))
+        return reads, answers
+
+    reads, answers = _run(_with_predictor(model, settings, work))
+    assert len(reads) == 1 and len(reads[0]) == 2
+    assert len({a.minutes for a in answers}) == 1 and all(a.store_features_found for a in answers)
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own, so it can be killed and started again on the same port."""
+    port = free_port()
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                   stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                if redis.Redis(port=port).ping():
+                    return process
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    server = {"process": start(), "start": start}
+    yield port, server
+    server["process"].kill()
+    server["process"].wait()
+
+
+def _copy_online_rows(settings, port: int, keys: list[bytes]) -> None:
+    source, target = redis.Redis.from_url(settings.redis_url), redis.Redis(port=port)
+    for key in keys:
+        target.restore(key, 0, source.dump(key), replace=True)
+
+
+def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_recover(model, redis_store, own_redis):
+    settings, _, orders = redis_store
+    port, server = own_redis
+    store_id, market = int(orders["store_id"].iloc[0]), int(orders["market_id"].iloc[0])
+    from eta.online_features import entity_key
+
+    _copy_online_rows(settings, port, [entity_key(settings.feast_project, STORE_HISTORY, store_id),
+                                       entity_key(settings.feast_project, MARKET_STATE, market)])
+    config = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0", "serving": settings.serving.model_copy(
+        update={"redis_retry_after_s": 0.2, "market_features_ttl_s": 0.05, "store_features_ttl_s": 0.05})})
+    seen = Recording()
+
+    async def work(predictor):
+        healthy = await predictor.order(_order(store_id, market))
+        server["process"].kill()
+        server["process"].wait()
+        await asyncio.sleep(0.1)  # both TTLs pass: the next answers must go to Redis
+        timings, answers = [], []
+        for _ in range(20):
+            began = time.perf_counter()
+            answers.append(await predictor.order(_order(store_id, market)))
+            answers.append(await predictor.quote(_quote(market, [store_id, store_id + 1])))
+            timings.append(time.perf_counter() - began)
+        server["process"] = server["start"]()
+        await asyncio.sleep(0.25)  # past redis_retry_after_s
+        recovered = await predictor.order(_order(store_id, market))
+        return healthy, answers, timings, recovered
+
+    healthy, answers, timings, recovered = _run(_with_predictor(model, config, work, telemetry=seen,
+                                                                url=config.redis_url))
+    assert not healthy.degraded and healthy.store_features_found
+    assert all(answer.degraded for answer in answers)
+    orders_answered = answers[::2]
+    assert all(a.minutes == healthy.minutes for a in orders_answered), "last known features give the same answer"
+    assert max(timings) < 0.02, f"two answers took {max(timings) * 1000:.1f} ms without Redis"
+    assert seen.events["degraded:order"] == 20 and seen.events["degraded:quote"] == 20
+    assert not recovered.degraded and recovered.minutes == healthy.minutes

@@ -6,9 +6,10 @@ inside int32 so they always fit Feast's int64 entity keys.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from eta.settings import get_settings
 
@@ -17,6 +18,19 @@ MAX_ID = 2**31 - 1
 MAX_ITEMS = _limits.validation.max_items
 MAX_SECONDS = 86_400
 MAX_CENTS = 1_000_000
+
+
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc)
+
+
+def _plausible(moment: datetime) -> datetime:
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError(f"must lie between {EARLIEST.date()} and {LATEST.date()}")
+    return moment
+
+
+Moment = Annotated[datetime, AfterValidator(_plausible)]
 
 
 class _Strict(BaseModel):
@@ -28,7 +42,7 @@ class Order(_Strict):
 
     store_id: int = Field(ge=0, le=MAX_ID, description="Restaurant id")
     market_id: int = Field(ge=1, le=MAX_ID, description="City/region id")
-    created_at: datetime | None = Field(None, description="Order time (UTC); now when omitted")
+    created_at: Moment | None = Field(None, description="Order time (UTC unless it says); now when omitted")
     order_protocol: int = Field(ge=1, le=7, description="How the order reaches the store")
     total_items: int = Field(ge=1, le=MAX_ITEMS)
     subtotal: float = Field(ge=0, le=MAX_CENTS, description="Basket value in cents")
@@ -59,7 +73,7 @@ class QuoteRequest(_Strict):
     """A restaurant list page: one customer's context and the stores shown to them, before any basket."""
 
     market_id: int = Field(ge=1, le=MAX_ID, description="City/region id")
-    created_at: datetime | None = Field(None, description="When the page is shown (UTC); now when omitted")
+    created_at: Moment | None = Field(None, description="When the page is shown (UTC unless it says); now when omitted")
     stores: list[QuoteStore] = Field(min_length=1, max_length=_limits.serving.max_stores)
 
 

@@ -22,7 +22,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def bento_server(target: str, settings: Settings, log_path: Path) -> Iterator[str]:
+def bento_server(target: str, settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """Serve `target` (a Bento tag or `bentos.eta_service:EtaOrder`) on a free port; yield its base URL.
 
     The service reads the same data folder and Feast project as `settings`, whatever folder it runs from.
@@ -31,5 +31,5 @@ def bento_server(target: str, settings: Settings, log_path: Path) -> Iterator[st
     url = f"http://127.0.0.1:{port}"
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     command = [bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-    with server_process(command, f"{url}/readyz", {**os.environ, **settings_env(settings)}, log_path):
+    with server_process(command, f"{url}/readyz", {**os.environ, **settings_env(settings), **(env or {})}, log_path):
         yield url

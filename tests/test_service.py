@@ -93,3 +93,83 @@ def test_the_request_schema_carries_exactly_the_fields_training_uses():
     from eta.api import Order
 
     assert set(Order.model_fields) == {*ORDER_REQUEST_FIELDS, "created_at"}
+
+
+def _page(order: pd.Series, stores: int) -> dict:
+    return {"market_id": int(order["market_id"]), "created_at": order["created_at"].isoformat(),
+            "stores": [{"store_id": s, "estimated_store_to_consumer_driving_duration": 300 + 20 * s} for s in range(stores)]}
+
+
+def test_a_restaurant_page_gets_a_range_per_store_and_the_same_answers_from_cache(service_url, settings, last_order):
+    page = _page(last_order, 50)
+    first = httpx.post(f"{service_url}/eta/quote", json=page, timeout=10)
+    assert first.status_code == 200, first.text
+    quote = first.json()
+    assert quote["model_version"] == production_tag(settings) and not quote["degraded"]
+    assert [eta["store_id"] for eta in quote["etas"]] == list(range(50))
+    for eta in quote["etas"]:
+        low, high = eta["range_min"]
+        assert 0 < low <= eta["minutes"] <= high
+    assert httpx.post(f"{service_url}/eta/quote", json=page, timeout=10).json() == quote
+    metrics = httpx.get(f"{service_url}/metrics", timeout=10).text
+    assert 'eta_events_total{detail="hit",kind="quotes_l1"}' in metrics
+
+
+@pytest.mark.parametrize("change,field", [({"stores": []}, "stores"), ({"market_id": 0}, "market_id"),
+                                          ({"surprise": 1}, "surprise")])
+def test_a_malformed_page_gets_a_422_naming_the_field(service_url, last_order, change, field):
+    response = httpx.post(f"{service_url}/eta/quote", json=_page(last_order, 3) | change, timeout=10)
+    assert response.status_code == 422 and field in response.text
+
+
+def test_a_page_over_the_store_limit_is_refused(service_url, settings, last_order):
+    response = httpx.post(f"{service_url}/eta/quote", json=_page(last_order, settings.serving.max_stores + 1), timeout=10)
+    assert response.status_code == 422 and "stores" in response.text
+
+
+def test_an_oversized_body_is_refused_before_parsing(service_url, settings):
+    response = httpx.post(f"{service_url}/eta/order", content=b"x" * (settings.serving.max_body_bytes + 1),
+                          headers={"content-type": "application/json"}, timeout=10)
+    assert response.status_code == 413
+
+
+def test_the_worker_keeps_no_per_request_objects(service_url, last_order):
+    """20,000 requests: the objects the collector tracks stay flat (BentoML's timeout handles used to pile up)."""
+    import asyncio
+
+    body = _request(last_order)
+
+    async def hammer(n: int) -> None:
+        async with httpx.AsyncClient(base_url=service_url, timeout=10) as client:
+            async def worker(count: int) -> None:
+                for _ in range(count):
+                    assert (await client.post("/eta/order", json=body)).status_code == 200
+            await asyncio.gather(*(worker(n // 8) for _ in range(8)))
+
+    asyncio.run(hammer(2_000))
+    warm = httpx.post(f"{service_url}/debug/gc", timeout=30).json()
+    asyncio.run(hammer(20_000))
+    after = httpx.post(f"{service_url}/debug/gc", timeout=30).json()
+    assert after["tracked"] - warm["tracked"] < 20_000, (warm, after)
+    assert after["frozen"] > 100_000, "start-up objects are frozen out of collections"
+
+
+@pytest.fixture(scope="module")
+def keyed_service_url(settings, pipeline_result, tmp_path_factory):
+    from flows.service_process import bento_server
+
+    with bento_server(pipeline_result["build"], settings, tmp_path_factory.mktemp("keyed") / "bento.log",
+                      env={"ETA_SERVING__API_KEY": "s3cret"}) as url:
+        yield url
+
+
+def test_with_an_api_key_only_callers_who_send_it_get_answers(keyed_service_url, last_order):
+    body = _request(last_order)
+    assert httpx.post(f"{keyed_service_url}/eta/order", json=body, timeout=10).status_code == 401
+    assert httpx.post(f"{keyed_service_url}/eta/order", json=body, headers={"x-api-key": "wrong"}, timeout=10).status_code == 401
+    assert httpx.post(f"{keyed_service_url}/eta/quote", json=_page(last_order, 2), timeout=10).status_code == 401
+    assert httpx.post(f"{keyed_service_url}/eta/order", json=body, headers={"x-api-key": "s3cret"}, timeout=10).status_code == 200
+    assert httpx.post(f"{keyed_service_url}/eta/quote", json=_page(last_order, 2),
+                      headers={"authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+    for open_path in ("/readyz", "/livez", "/metrics", "/docs.json"):
+        assert httpx.get(f"{keyed_service_url}{open_path}", timeout=10).status_code == 200, open_path

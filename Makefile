@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lock clean bench-training
+.PHONY: venv demo test lock clean bench-training bench-serving bench-faults
 
 # The virtualenv is rebuilt whenever the lock file changes.
 $(BIN)/.synced: requirements.lock pyproject.toml
@@ -34,3 +34,11 @@ clean:
 ## Training benchmark on 1M simulated orders; writes benchmarks/results/training.json.
 bench-training: venv
 	$(BIN)/python -m benchmarks.training
+
+## Serving benchmark: Bento services vs plain FastAPI vs `feast serve`; writes benchmarks/results/serving.json.
+bench-serving: venv
+	$(BIN)/python -m benchmarks.serving
+
+## Redis killed under 500 req/s: 5xx, slowest answer, degraded share, recovery; writes benchmarks/results/faults.json.
+bench-faults: venv
+	$(BIN)/python -m benchmarks.faults

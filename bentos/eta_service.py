@@ -37,6 +37,11 @@ MODEL_TAG = os.environ.get("ETA_MODEL_TAG") or production_tag(settings) or f"{se
 TRAFFIC = {"timeout": 1, "max_concurrency": 512}
 # An access-log line per request costs more than a cached quote; errors are still logged.
 LOGGING = {"access": {"enabled": False}}
+# BentoML's sampler records every span even at sample rate 0 (RECORD_ONLY): an OpenTelemetry span
+# per request, at a cost in CPU and garbage. Off unless a deployment turns tracing on
+# (OTEL_SDK_DISABLED=false plus BentoML's tracing config).
+ENVS = [{"name": "OTEL_SDK_DISABLED", "value": "true"}]
+TRACING = {"excluded_urls": ["/eta/order", "/eta/quote"]}
 WARM_UP_ORDER = Order(store_id=0, market_id=1, order_protocol=1, total_items=1, subtotal=0, num_distinct_items=1,
                       min_item_price=0, max_item_price=0, estimated_order_place_duration=0,
                       estimated_store_to_consumer_driving_duration=0)
@@ -106,14 +111,14 @@ class _Serving:
                 "collections": [stats["collections"] for stats in gc.get_stats()]}
 
 
-@bentoml.service(name="EtaQuote", workers=1, traffic=TRAFFIC, logging=LOGGING)
+@bentoml.service(name="EtaQuote", workers=1, traffic=TRAFFIC, logging=LOGGING, envs=ENVS, tracing=TRACING)
 class EtaQuote(_Serving):
     @bentoml.api(route="/eta/quote")
     async def quote(self, request: QuoteRequest, /) -> Quote:
         return await self.predictor.quote(request)
 
 
-@bentoml.service(name="EtaOrder", workers=1, traffic=TRAFFIC, logging=LOGGING)
+@bentoml.service(name="EtaOrder", workers=1, traffic=TRAFFIC, logging=LOGGING, envs=ENVS, tracing=TRACING)
 class EtaOrder(_Serving):
     quotes = bentoml.depends(EtaQuote)
 

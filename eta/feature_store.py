@@ -53,20 +53,24 @@ def feast_redis_connection_string(url: str) -> str:
     return ",".join(parts)
 
 
-def repo_config(settings: Settings, online: OnlineStore) -> RepoConfig:
+def feature_store_yaml(settings: Settings, online: OnlineStore) -> dict[str, object]:
+    """The namespace's Feast configuration, as `feature_store.yaml` holds it (for `feast serve` and the CLI)."""
     if online == "redis":
         online_store = {"type": "redis", "connection_string": feast_redis_connection_string(settings.redis_url)}
     else:
         online_store = {"type": "sqlite", "path": str(settings.project_path / "online_store.db")}
-    return RepoConfig(
-        project=settings.feast_project,
-        provider="local",
-        registry=str(settings.project_path / "registry.db"),
-        online_store=online_store,
-        offline_store={"type": "duckdb"},
-        entity_key_serialization_version=3,
-        repo_path=str(FEATURE_REPO),
-    )
+    return {
+        "project": settings.feast_project,
+        "provider": "local",
+        "registry": str(settings.project_path / "registry.db"),
+        "online_store": online_store,
+        "offline_store": {"type": "duckdb"},
+        "entity_key_serialization_version": 3,
+    }
+
+
+def repo_config(settings: Settings, online: OnlineStore) -> RepoConfig:
+    return RepoConfig(**feature_store_yaml(settings, online), repo_path=str(FEATURE_REPO))
 
 
 def feature_store(settings: Settings, online: OnlineStore | None = None) -> FeatureStore:

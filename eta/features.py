@@ -8,6 +8,7 @@ market state are computed from orders here and served by Feast.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -45,18 +46,34 @@ def _as_float(values: Any) -> Array:
     return np.asarray(values, dtype=float)
 
 
-def _timestamps(created_at: Any) -> pd.DatetimeIndex:
-    if isinstance(created_at, pd.DatetimeIndex) and created_at.tz is not None:
-        return created_at
-    return pd.DatetimeIndex(pd.to_datetime(created_at, utc=True))
+def _epoch_seconds(created_at: Any) -> Array:
+    """UTC seconds since the epoch, from datetimes (aware or UTC-naive), a pandas column or datetime64s.
+
+    Plain numpy, no pandas parsing: a single request's timestamp costs microseconds, not a DataFrame.
+    """
+    if isinstance(created_at, (pd.Series, pd.DatetimeIndex)):
+        stamps = pd.DatetimeIndex(created_at)
+        stamps = stamps.tz_convert("UTC").tz_localize(None) if stamps.tz is not None else stamps
+        return stamps.to_numpy(dtype="datetime64[s]").astype(np.int64).astype(float)
+    if isinstance(created_at, np.ndarray) and np.issubdtype(created_at.dtype, np.datetime64):
+        return created_at.astype("datetime64[s]").astype(np.int64).astype(float)
+    return np.array([_utc_seconds(moment) for moment in created_at], dtype=float)
+
+
+def _utc_seconds(moment: Any) -> float:
+    if isinstance(moment, datetime) and not isinstance(moment, pd.Timestamp):
+        # A naive datetime is UTC here, never the machine's local time.
+        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return pd.Timestamp(moment).timestamp()
 
 
 def hour_of_day(created_at: Any) -> Array:
-    return _timestamps(created_at).hour.to_numpy(dtype=float)
+    return np.floor(_epoch_seconds(created_at) / 3600) % 24
 
 
 def day_of_week(created_at: Any) -> Array:
-    return _timestamps(created_at).dayofweek.to_numpy(dtype=float)
+    """Monday = 0, as pandas counts (1970-01-01 was a Thursday)."""
+    return (np.floor(_epoch_seconds(created_at) / 86_400) + 3) % 7
 
 
 def hour_of_week(created_at: Any) -> Array:
@@ -85,7 +102,7 @@ def model_inputs(rows: Mapping[str, Any]) -> Array:
     Missing values stay NaN, which LightGBM handles natively.
     """
     columns = {name: _as_float(rows[name]) for name in MODEL_FEATURES if name not in DERIVED_FEATURES}
-    created_at = _timestamps(rows["created_at"])
+    created_at = _epoch_seconds(rows["created_at"])
     derived = {
         "hour_of_day": hour_of_day(created_at),
         "day_of_week": day_of_week(created_at),

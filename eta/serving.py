@@ -31,6 +31,7 @@ from eta.training import EtaModel
 QUOTE_DEFAULTED_FIELDS = [f for f in REQUEST_FIELDS if f not in ("created_at", "market_id",
                                                                  "estimated_store_to_consumer_driving_duration")]
 DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
+TIMEOUTS_BEFORE_PAUSE = 3
 
 
 class Telemetry:
@@ -73,6 +74,7 @@ class Predictor:
         self.telemetry = telemetry or Telemetry()
         self.count = self.telemetry.count
         self._retry_at = 0.0
+        self._timeouts_in_a_row = 0
         self._background: set[asyncio.Task] = set()
 
     @property
@@ -80,8 +82,18 @@ class Predictor:
         return time.monotonic() >= self._retry_at
 
     def _failed(self, error: BaseException) -> None:
-        self._retry_at = time.monotonic() + self.config.redis_retry_after_s
+        """Stop asking Redis for a while once it is gone, or slow several times in a row.
+
+        One timeout alone may be this worker's own queue at a burst, not Redis: that request is
+        answered degraded, the next ones still try.
+        """
         self.count(f"redis_error:{type(error).__name__}", 1)
+        self._timeouts_in_a_row = self._timeouts_in_a_row + 1 if isinstance(error, TimeoutError) else 0
+        if not isinstance(error, TimeoutError) or self._timeouts_in_a_row >= TIMEOUTS_BEFORE_PAUSE:
+            self._retry_at = time.monotonic() + self.config.redis_retry_after_s
+
+    def _succeeded(self) -> None:
+        self._timeouts_in_a_row = 0
 
     async def _bounded(self, work):
         async with asyncio.timeout(self.config.feature_timeout_ms / 1000):
@@ -93,6 +105,7 @@ class Predictor:
         if self.redis_healthy:
             try:
                 found = await self._bounded(self.features.get_many(wanted, self._read))
+                self._succeeded()
                 self._count_cache("features", before, self.features)
                 return found, False
             except DEPENDENCY_ERRORS as error:

@@ -69,9 +69,12 @@ class CoalescingCache(Generic[K, V]):
         try:
             values = await load(missing)
         except BaseException as error:
+            # The loader's own request may be cancelled (its time budget ran out): its waiters get a
+            # TimeoutError of their own to handle, never a cancellation that would end their requests.
+            failure = error if isinstance(error, Exception) else TimeoutError("the shared load was abandoned")
             for future in futures.values():
                 if not future.done():
-                    future.set_exception(error)
+                    future.set_exception(failure)
                     future.exception()  # waiters re-raise it; don't log it as never retrieved
             raise
         else:

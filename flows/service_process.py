@@ -22,14 +22,21 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def bento_server(target: str, settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+def bento_server(target: str, settings: Settings, log_path: Path, env: dict[str, str] | None = None,
+                 service: str | None = None) -> Iterator[str]:
     """Serve `target` (a Bento tag or `bentos.eta_service:EtaOrder`) on a free port; yield its base URL.
 
-    The service reads the same data folder and Feast project as `settings`, whatever folder it runs from.
+    With `service`, only that service of the Bento runs, as a deployment runs each service on its own
+    (BentoML's own per-service entry point). The service reads the same data folder and Feast project
+    as `settings`, whatever folder it runs from.
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    command = [bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    if service:
+        command = [sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server", target,
+                   "--service-name", service]
+    else:
+        command = [str(Path(sys.executable).with_name("bentoml")), "serve", target]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     with server_process(command, f"{url}/readyz", {**os.environ, **settings_env(settings), **(env or {})}, log_path):
         yield url

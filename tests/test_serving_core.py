@@ -265,3 +265,56 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
     assert max(timings) < 0.02, f"two answers took {max(timings) * 1000:.1f} ms without Redis"
     assert seen.events["degraded:order"] == 20 and seen.events["degraded:quote"] == 20
     assert not recovered.degraded and recovered.minutes == healthy.minutes
+
+
+def test_a_waiter_whose_loader_gives_up_gets_a_timeout_not_a_cancellation():
+    from eta.serving_cache import CoalescingCache, ttl_cache
+
+    cache: CoalescingCache[str, int] = CoalescingCache(ttl_cache(60, 100))
+
+    async def slow(keys):
+        await asyncio.sleep(1)
+        return [1 for _ in keys]
+
+    async def scenario():
+        loader = asyncio.create_task(cache.get_many(["k"], slow))
+        await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(cache.get_many(["k"], slow))
+        await asyncio.sleep(0.01)
+        loader.cancel()
+        with pytest.raises(TimeoutError):
+            await waiter
+        assert cache.loads == 1, "the waiter shared the load instead of starting its own"
+        assert await cache.get_many(["k"], _ones) == [1], "the next request loads again"
+
+    _run(scenario())
+
+
+async def _ones(keys):
+    return [1 for _ in keys]
+
+
+def test_one_slow_read_degrades_one_answer_and_three_in_a_row_pause_redis(model, redis_store):
+    settings, _, orders = redis_store
+    store_id, market = int(orders["store_id"].iloc[0]), int(orders["market_id"].iloc[0])
+    config = settings.model_copy(update={"serving": settings.serving.model_copy(
+        update={"feature_timeout_ms": 20, "market_features_ttl_s": 0.001, "store_features_ttl_s": 0.001})})
+
+    async def work(predictor):
+        real_read, delays = predictor.reader.read, []
+
+        async def sometimes_slow(wanted):
+            await asyncio.sleep(delays.pop(0) if delays else 0)
+            return await real_read(wanted)
+
+        predictor.reader.read = sometimes_slow
+        answers = []
+        for delay in (0.05, 0, 0.05, 0.05, 0.05, 0):
+            delays.append(delay)
+            await asyncio.sleep(0.002)  # past the L1 TTLs
+            answers.append(await predictor.order(_order(store_id, market)))
+        return [a.degraded for a in answers], predictor.redis_healthy
+
+    degraded, healthy = _run(_with_predictor(model, config, work))
+    assert degraded == [True, False, True, True, True, True], "the last one is answered degraded without asking"
+    assert not healthy

@@ -76,29 +76,33 @@ def summarise(target: str, rate: float | None, latencies_s: Sequence[float], err
                round(float(ms.max()), 2), errors, len(ms), degraded)
 
 
-async def _send(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> tuple[bool, bytes]:
+async def _send(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """Status and body; status 0 when no answer came (connection refused or reset)."""
     try:
         async with session.post(url, data=body, headers=headers) as response:
-            payload = await response.read()
-            return response.status < 400, payload
+            return response.status, await response.read()
     except aiohttp.ClientError:
-        return False, b""
+        return 0, b""
+
+
+def _failed(status: int) -> bool:
+    return not 200 <= status < 400
 
 
 async def _constant_rate(url: str, bodies: Sequence[bytes], rate: float, seconds: float, headers: dict[str, str],
-                         inspect: Callable[[float, bytes], None] | None) -> tuple[list[float], int, int]:
+                         inspect: Callable[[float, int, bytes], None] | None) -> tuple[list[float], int, int]:
     latencies: list[float] = []
     errors = degraded = 0
 
     async def one(i: int, due: float) -> None:
         nonlocal errors, degraded
-        ok, payload = await _send(session, url, bodies[i % len(bodies)], headers)
+        status, payload = await _send(session, url, bodies[i % len(bodies)], headers)
         done = time.perf_counter()
         latencies.append(done - due)
-        errors += not ok
+        errors += _failed(status)
         degraded += DEGRADED in payload
         if inspect is not None:
-            inspect(done, payload)
+            inspect(done, status, payload)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
         # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
@@ -114,7 +118,8 @@ async def _constant_rate(url: str, bodies: Sequence[bytes], rate: float, seconds
 
 
 def constant_rate(target: str, url: str, bodies: Sequence[bytes], rate: float, seconds: float,
-                  headers: dict[str, str] = JSON, inspect: Callable[[float, bytes], None] | None = None) -> Run:
+                  headers: dict[str, str] = JSON, inspect: Callable[[float, int, bytes], None] | None = None) -> Run:
+    """`inspect(done, status, body)` sees every answer as it arrives (perf_counter time)."""
     latencies, errors, degraded = uvloop.run(_constant_rate(url, bodies, rate, seconds, headers, inspect))
     return summarise(target, rate, latencies, errors, seconds, degraded)
 
@@ -131,9 +136,9 @@ async def _saturate(url: str, bodies: Sequence[bytes], clients: int, seconds: fl
             nonlocal errors, degraded
             i = offset
             while (sent := time.perf_counter()) < end:
-                ok, payload = await _send(session, url, bodies[i % len(bodies)], headers)
+                status, payload = await _send(session, url, bodies[i % len(bodies)], headers)
                 latencies.append(time.perf_counter() - sent)
-                errors += not ok
+                errors += _failed(status)
                 degraded += DEGRADED in payload
                 i += clients
 

@@ -28,7 +28,7 @@ from flows.service_process import bento_server, settings_env
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 SERVICE = "bentos.eta_service:EtaOrder"
-ORDER_RATE, QUOTE_RATE, FEAST_RATE, QUOTE_STORES, SATURATION_CLIENTS = 500, 100, 300, 50, 16
+ORDER_RATE, QUOTE_RATE, FEAST_RATE, QUOTE_STORES, SATURATION_CLIENTS = 500, 100, 300, 50, 4
 
 
 @contextlib.contextmanager

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from urllib.parse import urlparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import aiohttp
@@ -107,20 +108,34 @@ async def _constant_rate(url: str, bodies: Sequence[bytes], rate: float, seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
         # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
         start = time.perf_counter() + 0.05
-        tasks = []
+        pending: set[asyncio.Task] = set()
         for i in range(int(rate * seconds)):
             due = start + i / rate
             if (wait := due - time.perf_counter()) > 0:
                 await asyncio.sleep(wait)
-            tasks.append(asyncio.create_task(one(i, due)))
-        await asyncio.gather(*tasks)
+            task = asyncio.create_task(one(i, due))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
     return latencies, errors, degraded
+
+
+@contextlib.contextmanager
+def _no_collections() -> Iterator[None]:
+    """The generator's own garbage collections would stall it and count as server latency."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def constant_rate(target: str, url: str, bodies: Sequence[bytes], rate: float, seconds: float,
                   headers: dict[str, str] = JSON, inspect: Callable[[float, int, bytes], None] | None = None) -> Run:
     """`inspect(done, status, body)` sees every answer as it arrives (perf_counter time)."""
-    latencies, errors, degraded = uvloop.run(_constant_rate(url, bodies, rate, seconds, headers, inspect))
+    with _no_collections():
+        latencies, errors, degraded = uvloop.run(_constant_rate(url, bodies, rate, seconds, headers, inspect))
     return summarise(target, rate, latencies, errors, seconds, degraded)
 
 
@@ -150,7 +165,8 @@ def saturate(target: str, url: str, bodies: Sequence[bytes], clients: int, secon
              headers: dict[str, str] = JSON) -> Run:
     server = server_processes(urlparse(url).port)
     cpu_before = cpu_seconds(server)
-    latencies, errors, degraded, took = uvloop.run(_saturate(url, bodies, clients, seconds, headers))
+    with _no_collections():
+        latencies, errors, degraded, took = uvloop.run(_saturate(url, bodies, clients, seconds, headers))
     run = summarise(target, None, latencies, errors, took, degraded)
     run.server_cpu_ms_per_request = round((cpu_seconds(server) - cpu_before) * 1000 / max(run.requests, 1), 3)
     return run

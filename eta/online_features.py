@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -39,11 +40,16 @@ class View:
 
 STORE_HISTORY = View("store_history", "store_id", tuple(STORE_HISTORY_FEATURES))
 MARKET_STATE = View("market_state", "market_id", tuple(MARKET_STATE_FEATURES))
+VIEWS = {view.name: view for view in (STORE_HISTORY, MARKET_STATE)}
+# (view name, entity id): plain values, so cache keys are untracked by the garbage collector too.
+FeatureKey = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class FeatureVector:
-    """One entity's features (NaN where absent) and when they were computed (epoch seconds; None if never)."""
+class FeatureVector(NamedTuple):
+    """One entity's features (NaN where absent) and when they were computed (epoch seconds; None if never).
+
+    A tuple of numbers, so the garbage collector stops tracking it once it sits in a cache.
+    """
 
     values: tuple[float, ...]
     event_time: float | None
@@ -82,12 +88,12 @@ class OnlineFeatureReader:
     def __init__(self, client: aioredis.Redis, project: str) -> None:
         self.client = client
         self.project = project
-        self._fields = {view: view.fields for view in (STORE_HISTORY, MARKET_STATE)}
+        self._fields = {name: view.fields for name, view in VIEWS.items()}
 
-    async def read(self, wanted: Sequence[tuple[View, int]]) -> list[FeatureVector]:
-        """Vectors for (view, entity id) pairs, in order, in one round trip."""
+    async def read(self, wanted: Sequence[FeatureKey]) -> list[FeatureVector]:
+        """Vectors for (view name, entity id) pairs, in order, in one round trip."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for view, entity_id in wanted:
-                pipe.hmget(entity_key(self.project, view, entity_id), self._fields[view])
+            for name, entity_id in wanted:
+                pipe.hmget(entity_key(self.project, VIEWS[name], entity_id), self._fields[name])
             replies = await pipe.execute()
-        return [decode(view, reply) for (view, _), reply in zip(wanted, replies)]
+        return [decode(VIEWS[name], reply) for (name, _), reply in zip(wanted, replies)]

@@ -17,13 +17,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 import redis.asyncio as aioredis
-from cachetools import TLRUCache
 from redis.exceptions import RedisError
 
 from eta.api import Eta, Order, Quote, QuoteRequest, StoreEta
 from eta.features import MARKET_STATE_FEATURES, REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
-from eta.online_features import MARKET_STATE, STORE_HISTORY, FeatureVector, OnlineFeatureReader, View
-from eta.serving_cache import CoalescingCache, SharedCache, ttl_cache
+from eta.online_features import MARKET_STATE, STORE_HISTORY, VIEWS, FeatureKey, FeatureVector, OnlineFeatureReader
+from eta.serving_cache import CoalescingCache, ExpiringDict, SharedCache
 from eta.settings import ServingSettings, Settings
 from eta.training import EtaModel
 
@@ -43,7 +42,6 @@ class Telemetry:
     def feature_age(self, view: str, seconds: float) -> None:
         """Age of a feature vector just read from the online store."""
 
-FeatureKey = tuple[View, int]
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -53,9 +51,8 @@ def redis_client(url: str) -> aioredis.Redis:
 
 def _feature_cache(config: ServingSettings) -> CoalescingCache[FeatureKey, FeatureVector]:
     """Per-view TTLs: store history may be a minute old, market state only a second."""
-    ttl = {STORE_HISTORY: config.store_features_ttl_s, MARKET_STATE: config.market_features_ttl_s}
-    return CoalescingCache(TLRUCache(maxsize=config.l1_max_entries, ttu=lambda key, _value, now: now + ttl[key[0]],
-                                     timer=time.monotonic))
+    ttl = {STORE_HISTORY.name: config.store_features_ttl_s, MARKET_STATE.name: config.market_features_ttl_s}
+    return CoalescingCache(ExpiringDict(config.l1_max_entries, lambda key: ttl[key[0]]))
 
 
 class Predictor:
@@ -68,7 +65,7 @@ class Predictor:
         self.features = _feature_cache(self.config)
         # A degraded answer is never cached: once Redis is back, the next request gets a fresh one.
         self.quotes: CoalescingCache[str, tuple[float, float, float, bool]] = CoalescingCache(
-            ttl_cache(self.config.quote_ttl_s, self.config.l1_max_entries), cacheable=lambda answer: not answer[3]
+            ExpiringDict(self.config.l1_max_entries, self.config.quote_ttl_s), cacheable=lambda answer: not answer[3]
         )
         self.shared = SharedCache(client, f"eta:quote:{settings.feast_project}", self.config.quote_ttl_s)
         self.telemetry = telemetry or Telemetry()
@@ -117,12 +114,11 @@ class Predictor:
         now = time.time()
         for (view, _), vector in zip(wanted, vectors):
             if vector.event_time is not None:
-                self.telemetry.feature_age(view.name, now - vector.event_time)
+                self.telemetry.feature_age(view, now - vector.event_time)
         return vectors
 
     def _last_known(self, key: FeatureKey) -> FeatureVector:
-        view = key[0]
-        return self.features.stale.get(key) or FeatureVector(tuple(math.nan for _ in view.features), None)
+        return self.features.stale.get(key) or FeatureVector(tuple(math.nan for _ in VIEWS[key[0]].features), None)
 
     def _count_cache(self, cache: str, before: tuple[int, int], now: CoalescingCache) -> None:
         self.count(f"{cache}:hit", now.hits - before[0])
@@ -130,7 +126,7 @@ class Predictor:
 
     async def order(self, order: Order) -> Eta:
         (store, market), degraded = await self.vectors(
-            [(STORE_HISTORY, order.store_id), (MARKET_STATE, order.market_id)]
+            [(STORE_HISTORY.name, order.store_id), (MARKET_STATE.name, order.market_id)]
         )
         row = order.model_dump()
         row["created_at"] = row["created_at"] or datetime.now(timezone.utc)
@@ -178,11 +174,12 @@ class Predictor:
         degraded = any(answer[3] for answer in answers)
         if degraded:
             self.count("degraded:quote", 1)
+        # Built without re-validation: every value comes from the model or the cache, typed already.
         etas = [
-            StoreEta(store_id=store.store_id, minutes=point, range_min=(low, high), degraded=flag)
+            StoreEta.model_construct(store_id=store.store_id, minutes=point, range_min=(low, high), degraded=flag)
             for store, (point, low, high, flag) in zip(request.stores, answers)
         ]
-        return Quote(model_version=self.model_version, etas=etas, degraded=degraded)
+        return Quote.model_construct(model_version=self.model_version, etas=etas, degraded=degraded)
 
     async def _quote_misses(self, at: float, market_id: int, stores: list, keys: list[str]):
         """L1 misses: answers from L2 where it has them, computed (and written to L2) for the rest."""
@@ -206,7 +203,7 @@ class Predictor:
         return answers
 
     async def _compute_quotes(self, at: float, market_id: int, stores: list) -> list[tuple[float, float, float, bool]]:
-        wanted = [(STORE_HISTORY, s.store_id) for s in stores] + [(MARKET_STATE, market_id)]
+        wanted = [(STORE_HISTORY.name, s.store_id) for s in stores] + [(MARKET_STATE.name, market_id)]
         vectors, degraded = await self.vectors(wanted)
         *store_vectors, market = vectors
         n = len(stores)

@@ -85,7 +85,7 @@ def test_async_reads_return_exactly_what_feast_returns(redis_store):
     async def read():
         client = redis_client(settings.redis_url)
         reader = OnlineFeatureReader(client, settings.feast_project)
-        wanted = [(STORE_HISTORY, s) for s in stores] + [(MARKET_STATE, m) for m in (markets * len(stores))[:len(stores)]]
+        wanted = [(STORE_HISTORY.name, s) for s in stores] + [(MARKET_STATE.name, m) for m in (markets * len(stores))[:len(stores)]]
         try:
             return await reader.read(wanted)
         finally:
@@ -164,12 +164,12 @@ def test_market_state_is_cached_no_longer_than_its_ttl(model, redis_store):
     newer = orders["created_at"].max()
 
     async def work(predictor):
-        (before,), _ = await predictor.vectors([(MARKET_STATE, market)])
+        (before,), _ = await predictor.vectors([(MARKET_STATE.name, market)])
         push_market_state(store, orders.tail(1).assign(market_id=market, total_onshift_dashers=501.0,
                                                         created_at=newer + pd.Timedelta(minutes=1)))
-        (cached,), _ = await predictor.vectors([(MARKET_STATE, market)])
+        (cached,), _ = await predictor.vectors([(MARKET_STATE.name, market)])
         await asyncio.sleep(ttl + 0.05)
-        (fresh,), _ = await predictor.vectors([(MARKET_STATE, market)])
+        (fresh,), _ = await predictor.vectors([(MARKET_STATE.name, market)])
         return before, cached, fresh
 
     before, cached, fresh = _run(_with_predictor(model, config, work))
@@ -268,9 +268,9 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
 
 
 def test_a_waiter_whose_loader_gives_up_gets_a_timeout_not_a_cancellation():
-    from eta.serving_cache import CoalescingCache, ttl_cache
+    from eta.serving_cache import CoalescingCache, ExpiringDict
 
-    cache: CoalescingCache[str, int] = CoalescingCache(ttl_cache(60, 100))
+    cache: CoalescingCache[str, int] = CoalescingCache(ExpiringDict(100, 60))
 
     async def slow(keys):
         await asyncio.sleep(1)
@@ -318,3 +318,19 @@ def test_one_slow_read_degrades_one_answer_and_three_in_a_row_pause_redis(model,
     degraded, healthy = _run(_with_predictor(model, config, work))
     assert degraded == [True, False, True, True, True, True], "the last one is answered degraded without asking"
     assert not healthy
+
+
+def test_the_l1_cache_expires_entries_bounds_its_size_and_is_invisible_to_the_collector():
+    import gc
+
+    from eta.serving_cache import ExpiringDict
+
+    now = [0.0]
+    cache: ExpiringDict[str, tuple] = ExpiringDict(3, lambda key: 10 if key.startswith("s") else 1, timer=lambda: now[0])
+    cache["s1"], cache["m1"] = (1.0, 2.0), (3.0, None)
+    now[0] = 1.0
+    assert cache.get("m1") is None and cache.get("s1") == (1.0, 2.0), "each key's own TTL"
+    cache["s2"], cache["s3"], cache["s4"] = (1.0,), (2.0,), (3.0,)
+    assert len(cache) == 3 and cache.get("s1") is None, "full: the oldest entry goes"
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())

@@ -1,8 +1,9 @@
 """`make demo`: the whole loop once on simulated orders, then real HTTP requests to the built Bento.
 
 Runs the parent flow (ingest -> features -> train -> gate -> build -> drift) through one Prefect
-server, serves the Bento it built, asks it for a few ETAs, prints the answers, the model's metrics
-against the naive baseline and where the drift report is, then stops everything it started.
+server, serves the Bento it built, asks it for a few order ETAs and one restaurant page of quotes,
+prints the answers, the model's metrics against the naive baseline and where the drift report is,
+then stops everything it started.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def main() -> None:
             print(f"   POST /eta/order store {body['store_id']} market {body['market_id']} "
                   f"({body['total_items']:.0f} items, {body['estimated_store_to_consumer_driving_duration']:.0f}s drive)"
                   f" -> {answer['minutes']:.1f} min ({answer['range_min'][0]:.0f}-{answer['range_min'][1]:.0f}), model {answer['model_version']} [{took_ms:.1f} ms]")
+        market = int(orders["market_id"].iloc[-1])
+        shown = read_history(settings).query("market_id == @market")["store_id"].drop_duplicates().head(5)
+        page = {"market_id": market, "stores": [
+            {"store_id": int(store), "estimated_store_to_consumer_driving_duration": 300 + 120 * i}
+            for i, store in enumerate(shown)]}
+        sent = time.perf_counter()
+        quote = httpx.post(f"{url}/eta/quote", json=page, timeout=10).json()
+        took_ms = (time.perf_counter() - sent) * 1000
+        ranges = ", ".join(f"store {e['store_id']} {e['range_min'][0]:.0f}-{e['range_min'][1]:.0f}" for e in quote["etas"])
+        print(f"   POST /eta/quote market {market}, {len(page['stores'])} stores -> {ranges} [{took_ms:.1f} ms]")
     drift = result["drift"]
     print(f"== drift detected: {drift['drift_detected']} ({len(drift['drifted_columns'])} of "
           f"{drift['columns_checked']} columns drifted); report: {drift['html']}")

@@ -163,6 +163,20 @@ def keyed_service_url(settings, pipeline_result, tmp_path_factory):
         yield url
 
 
+def test_a_fresh_worker_answers_its_first_order_as_fast_as_later_ones(keyed_service_url, last_order):
+    """Ready means warm: the first real request after /readyz costs what the hundredth does."""
+    import time
+
+    with httpx.Client(base_url=keyed_service_url, headers={"x-api-key": "s3cret"}, timeout=10) as client:
+        client.get("/livez")  # the connection, which a load balancer holds open anyway
+        timings = []
+        for _ in range(200):
+            began = time.perf_counter()
+            assert client.post("/eta/order", json=_request(last_order)).status_code == 200
+            timings.append(time.perf_counter() - began)
+    assert timings[0] < 3 * float(np.median(timings[100:])) + 0.003, (timings[0], np.median(timings[100:]))
+
+
 def test_with_an_api_key_only_callers_who_send_it_get_answers(keyed_service_url, last_order):
     body = _request(last_order)
     assert httpx.post(f"{keyed_service_url}/eta/order", json=body, timeout=10).status_code == 401

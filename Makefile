@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lock clean bench-training bench-serving bench-faults
+.PHONY: venv demo test lock clean bench-training bench-serving bench-faults bench-features
 
 # The virtualenv is rebuilt whenever the lock file changes.
 $(BIN)/.synced: requirements.lock pyproject.toml
@@ -42,3 +42,7 @@ bench-serving: venv
 ## Redis killed under 500 req/s: 5xx, slowest answer, degraded share, recovery; writes benchmarks/results/faults.json.
 bench-faults: venv
 	$(BIN)/python -m benchmarks.faults
+
+## Feature pipeline at 1M simulated orders; writes benchmarks/results/features.json.
+bench-features: venv
+	$(BIN)/python -m benchmarks.features

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -129,3 +129,18 @@ def can_push_market_state(store: FeatureStore) -> bool:
 def materialize(store: FeatureStore, start: datetime, end: datetime) -> None:
     """Load every feature view's latest values in [start, end] into the online store; rerunning is harmless."""
     store.materialize(start_date=start, end_date=end)
+
+
+def incremental_start(store: FeatureStore, overlap: timedelta) -> datetime | None:
+    """Where the next materialization starts: `overlap` before the earliest view's last successful end.
+
+    None while some view was never materialized (then a full run is due). Feast records an interval
+    only when a materialization succeeds, so a failed run is retried from the same start: no gap. Rows
+    already online with the same event time are skipped by Feast's Redis store, so the overlap is free.
+    """
+    ends = []
+    for view in store.list_feature_views():
+        if not view.materialization_intervals:
+            return None
+        ends.append(max(end for _, end in view.materialization_intervals))
+    return min(ends) - overlap if ends else None

@@ -23,6 +23,8 @@ CONFIG_FILE = Path(os.environ.get("ETA_CONFIG", PROJECT_ROOT / "eta.yaml"))
 class FeatureSettings(BaseModel):
     store_history_ttl_days: int = Field(14, ge=1)
     market_state_ttl_minutes: int = Field(60, ge=1)
+    # Each materialization starts this long before the last one ended, so late-arriving orders get in.
+    materialize_overlap_minutes: float = Field(60, ge=0)
 
 
 class ValidationSettings(BaseModel):

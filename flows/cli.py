@@ -72,11 +72,12 @@ def ingest(
 
 
 @app.command()
-def features(namespace: Namespace = None) -> None:
-    """Recompute feature tables, `feast apply`, materialize online."""
+def features(namespace: Namespace = None,
+             full: bool = typer.Option(False, "--full", help="Materialize all history, not just since the last run")) -> None:
+    """Recompute feature tables, `feast apply`, materialize online (incrementally)."""
     from flows.features import build_features
 
-    _print(_run(build_features, namespace=namespace))
+    _print(_run(build_features, namespace=namespace, full=full))
 
 
 @app.command()

@@ -19,6 +19,7 @@ from feast import FeatureStore
 
 from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, model_inputs
 from eta.metrics import delivery_metrics, sliced_mae
+from eta.point_in_time import historical_features
 from eta.orders import delivery_minutes
 from eta.settings import TrainingSettings
 
@@ -33,15 +34,22 @@ MONOTONE_INCREASING = [
 ]
 
 
-def training_set(store: FeatureStore, orders: pd.DataFrame, feature_service: str) -> pd.DataFrame:
-    """Each order's request fields and label joined with the store and market features known at its creation."""
+def training_entities(orders: pd.DataFrame) -> pd.DataFrame:
+    """What a training row starts from: the order's request fields, its label and its moment."""
     entity_df = orders[list(dict.fromkeys(["order_id", "store_id", "market_id", *REQUEST_FIELDS]))].copy()
     entity_df["event_timestamp"] = orders["created_at"]
     entity_df[LABEL] = delivery_minutes(orders)
     assert not set(entity_df.columns) & set(MARKET_STATE_FEATURES), "features must come from Feast"
-    joined = store.get_historical_features(
-        entity_df=entity_df, features=store.get_feature_service(feature_service)
-    ).to_df()
+    return entity_df
+
+
+def training_set(store: FeatureStore, orders: pd.DataFrame, feature_service: str) -> pd.DataFrame:
+    """Each order's request fields and label joined with the store and market features known at its creation.
+
+    Feast's definitions (feature service, views, TTLs, sources) joined by DuckDB ASOF joins: the same
+    rows Feast's `get_historical_features` returns (property-tested), at a fraction of its cost.
+    """
+    joined = historical_features(store, training_entities(orders), feature_service)
     return joined.sort_values(["event_timestamp", "order_id"], kind="stable").reset_index(drop=True)
 
 

@@ -1,4 +1,5 @@
-"""Property: over random order streams, no training row from Feast sees anything from after its own creation.
+"""Property: over random order streams, the training set equals Feast's `get_historical_features`, and no
+row sees anything from after its own creation.
 
 Orders are created before and delivered after one another in every order hypothesis finds; each
 example runs the real path (validation, feature tables, `feast apply`, DuckDB point-in-time join).
@@ -21,7 +22,7 @@ from eta.ingest import ingest_batch
 from eta.orders import delivery_minutes, validate_orders
 from eta.settings import SimulationSettings
 from eta.simulate import simulate_orders
-from eta.training import training_set
+from eta.training import training_entities, training_set
 
 START = pd.Timestamp("2026-10-01", tz="UTC")
 BASE = simulate_orders(SimulationSettings(markets=1, stores=1, days=1, seed=1)).iloc[0].to_dict()
@@ -48,7 +49,7 @@ def _orders(stream: list[tuple[int, int, int, int]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@hypothesis_settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stream=orders_streams)
 def test_no_training_row_sees_an_order_delivered_after_its_creation(stream, local_settings, tmp_path):
     example = local_settings.model_copy(
@@ -60,6 +61,10 @@ def test_no_training_row_sees_an_order_delivered_after_its_creation(stream, loca
     store = feature_store(example, "sqlite")
     apply_definitions(store, example)
     frame = training_set(store, batch.accepted, example.feature_service)
+    by_feast = store.get_historical_features(entity_df=training_entities(batch.accepted),
+                                             features=store.get_feature_service(example.feature_service)).to_df()
+    by_feast = by_feast.sort_values(["event_timestamp", "order_id"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(frame[by_feast.columns], by_feast, check_dtype=False)
 
     orders = batch.accepted
     store_ttl = pd.Timedelta(days=example.features.store_history_ttl_days)

@@ -22,7 +22,7 @@ state: dict[str, Predictor] = {}
 @asynccontextmanager
 async def lifespan(_: FastAPI):
     tag = production_tag(settings)
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings.redis_url, settings.redis_type)
     state["predictor"] = Predictor(load_model(tag), tag, settings, client)
     yield
     await state["predictor"].drain()

@@ -104,8 +104,8 @@ class _Serving:
 
     @bentoml.on_startup
     async def open_and_warm(self) -> None:
-        self.predictor = Predictor(self.eta_model, str(self.model.tag), settings, redis_client(settings.redis_url),
-                                   _telemetry())
+        client = redis_client(settings.redis_url, settings.redis_type)
+        self.predictor = Predictor(self.eta_model, str(self.model.tag), settings, client, _telemetry())
         for _ in range(20):
             await self.predictor.order(WARM_UP_ORDER)
             await self.predictor.quote(QuoteRequest(market_id=1, stores=[QuoteStore(

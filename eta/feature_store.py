@@ -25,6 +25,13 @@ MARKET_STATE_PUSH = "market_state_push"  # the PushSource's name in feature_repo
 OnlineStore = Literal["redis", "sqlite"]
 
 
+def redis_connection(settings: Settings) -> redis.Redis | redis.RedisCluster:
+    """A client of the online store's Redis, single node or cluster, TLS and password from the URL."""
+    if settings.redis_type == "redis_cluster":
+        return redis.RedisCluster.from_url(settings.redis_url)
+    return redis.Redis.from_url(settings.redis_url)
+
+
 def redis_answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
@@ -56,7 +63,8 @@ def feast_redis_connection_string(url: str) -> str:
 def feature_store_yaml(settings: Settings, online: OnlineStore) -> dict[str, object]:
     """The namespace's Feast configuration, as `feature_store.yaml` holds it (for `feast serve` and the CLI)."""
     if online == "redis":
-        online_store = {"type": "redis", "connection_string": feast_redis_connection_string(settings.redis_url)}
+        online_store = {"type": "redis", "redis_type": settings.redis_type,
+                        "connection_string": feast_redis_connection_string(settings.redis_url)}
     else:
         online_store = {"type": "sqlite", "path": str(settings.project_path / "online_store.db")}
     return {

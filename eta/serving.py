@@ -44,9 +44,15 @@ class Telemetry:
 
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    """One pool per worker, opened once; short socket timeouts so a dead Redis fails fast."""
-    return aioredis.Redis.from_url(url, socket_connect_timeout=0.05, socket_timeout=0.25, max_connections=64)
+def redis_client(url: str, redis_type: str = "redis") -> aioredis.Redis | aioredis.RedisCluster:
+    """One pool per worker, opened once; short socket timeouts so a dead Redis fails fast.
+
+    TLS (`rediss://`) and the password come from the URL; a cluster pipelines per node.
+    """
+    options = {"socket_connect_timeout": 0.05, "socket_timeout": 0.25, "max_connections": 64}
+    if redis_type == "redis_cluster":
+        return aioredis.RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
 
 
 def _feature_cache(config: ServingSettings) -> CoalescingCache[FeatureKey, FeatureVector]:

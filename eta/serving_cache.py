@@ -140,7 +140,11 @@ class SharedCache:
         return f"{self.prefix}:{key}"
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return await self.client.mget([self._key(key) for key in keys])
+        # A pipeline of GETs, not MGET: on a Redis Cluster the keys live in many slots.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(self._key(key))
+            return await pipe.execute()
 
     async def set_many(self, items: dict[str, bytes]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path(".eta")
+    # Production: `rediss://:<password>@<host>:<port>` from a secret (ETA_REDIS_URL), never the repo.
     redis_url: str = "redis://localhost:6379/0"
+    redis_type: Literal["redis", "redis_cluster"] = "redis"  # a cluster: the URL names one seed node
     online_store: Literal["auto", "redis", "sqlite"] = "auto"
     feast_project: str = Field("eta_sim", pattern=r"^[a-z][a-z0-9_]*$")
     model_name: str = "eta_delivery"

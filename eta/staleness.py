@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from eta.feature_store import redis_connection
 from eta.settings import Settings
 
 
 def online_staleness(settings: Settings, views: list[str], now: datetime | None = None) -> list[dict[str, object]]:
     """One row per view: entities online, newest and oldest event time, and the newest value's age in seconds."""
     now = now or datetime.now(timezone.utc)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_connection(settings)
     project = settings.feast_project.encode()
     keys = [key for key in client.scan_iter(count=1000) if key.endswith(project)]
     fields = [f"_ts:{view}".encode() for view in views]

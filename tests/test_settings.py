@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from eta.feature_store import feast_redis_connection_string, repo_config
-from eta.settings import Settings
+from eta.settings import CONFIG_FILE, Settings
 
 
 def test_env_vars_override_the_yaml_and_nested_sections(monkeypatch):
@@ -40,3 +40,20 @@ def test_namespaces_separate_data_feast_project_and_model_name(settings):
 )
 def test_redis_urls_become_feast_connection_strings(url, expected):
     assert feast_redis_connection_string(url) == expected
+
+
+def test_a_production_redis_cluster_with_tls_and_password_is_configured_from_the_environment(monkeypatch):
+    """Config only: no cluster runs here. The secret URL and the cluster type reach Feast and the service."""
+    import redis.asyncio as aioredis
+
+    from eta.serving import redis_client
+
+    monkeypatch.setenv("ETA_REDIS_URL", "rediss://:s3cret@memorystore.internal:6378")
+    monkeypatch.setenv("ETA_REDIS_TYPE", "redis_cluster")
+    settings = Settings()
+    online = repo_config(settings, "redis").online_store
+    assert online.redis_type == "redis_cluster"
+    assert online.connection_string == "memorystore.internal:6378,password=s3cret,ssl=true"
+    client = redis_client(settings.redis_url, settings.redis_type)
+    assert isinstance(client, aioredis.RedisCluster)
+    assert "s3cret" not in CONFIG_FILE.read_text(), "never in the repo"

@@ -16,12 +16,18 @@ $(BIN)/.synced: requirements.lock pyproject.toml
 
 venv: $(BIN)/.synced
 
+# The BigQuery emulator the gcp-profile tests run against, in its own virtualenv (it pins its own duckdb).
+CRUCIBLE := .crucible/bin/crucible
+$(CRUCIBLE):
+	$(PYTHON) -m venv .crucible
+	.crucible/bin/pip install --quiet --disable-pip-version-check 'crucible-emulator[server]==0.1.0a2'
+
 ## Run the whole loop on simulated orders: flows -> Feast -> LightGBM -> gate -> Bento -> HTTP -> drift.
 demo: venv
 	$(BIN)/python -m flows.demo
 
 ## Run the whole test suite against the real Redis, Prefect server and `bentoml serve`.
-test: venv
+test: venv $(CRUCIBLE)
 	$(BIN)/python -m pytest
 
 ## Recompile requirements.lock after editing requirements.in.

@@ -67,12 +67,16 @@ def feature_store_yaml(settings: Settings, online: OnlineStore) -> dict[str, obj
                         "connection_string": feast_redis_connection_string(settings.redis_url)}
     else:
         online_store = {"type": "sqlite", "path": str(settings.project_path / "online_store.db")}
+    offline_store: dict[str, object] = {"type": "duckdb"}
+    if settings.profile == "gcp":
+        gcp = settings.gcp
+        offline_store = {"type": "bigquery", "project_id": gcp.project, "dataset": gcp.dataset, "location": gcp.location}
     return {
         "project": settings.feast_project,
-        "provider": "local",
+        "provider": "gcp" if settings.profile == "gcp" else "local",
         "registry": str(settings.project_path / "registry.db"),
         "online_store": online_store,
-        "offline_store": {"type": "duckdb"},
+        "offline_store": offline_store,
         "entity_key_serialization_version": 3,
     }
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import duckdb
 import pandas as pd
-from feast import FeatureStore, FeatureView, FileSource
+from feast import FeatureStore, FileSource
 
 
-def _source(view: FeatureView) -> FileSource:
-    source = view.batch_source
-    if not isinstance(source, FileSource):
-        raise TypeError(f"{view.name}: the DuckDB join reads file sources; got {type(source).__name__}")
-    return source
+def reads_files(store: FeatureStore, feature_service: str) -> bool:
+    """Whether every view of the service has a file source (the local profile), which DuckDB can join."""
+    service = store.get_feature_service(feature_service)
+    return all(isinstance(store.get_feature_view(p.name).batch_source, FileSource)
+               for p in service.feature_view_projections)
 
 
 def historical_features(store: FeatureStore, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
@@ -29,7 +29,7 @@ def historical_features(store: FeatureStore, entity_df: pd.DataFrame, feature_se
     selects, joins = ["e.*"], []
     for i, projection in enumerate(service.feature_view_projections):
         view = store.get_feature_view(projection.name)
-        source, alias = _source(view), f"v{i}"
+        source, alias = view.batch_source, f"v{i}"
         stamp = f'{alias}."{source.timestamp_field}"'
         fresh = f"{stamp} >= e.event_timestamp - INTERVAL '{int(view.ttl.total_seconds())} seconds'" if view.ttl else "TRUE"
         selects += [f'CASE WHEN {fresh} THEN {alias}."{feature.name}" END AS "{feature.name}"'

@@ -76,6 +76,17 @@ class ServingSettings(BaseModel):
     l1_max_entries: int = Field(200_000, ge=100)
 
 
+class GcpSettings(BaseModel):
+    """Production on Google Cloud: BigQuery holds the orders and Feast's offline store."""
+
+    project: str = "eta-prod"
+    dataset: str = "eta"
+    orders_table: str = "orders"
+    location: str = "US"
+    api_endpoint: str | None = None  # a BigQuery emulator's address (tests); None: Google's own
+    ingest_overlap_minutes: float = Field(120, ge=0)  # each incremental read re-covers this much: late rows
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ETA_", env_nested_delimiter="__", yaml_file=CONFIG_FILE, extra="ignore"
@@ -96,6 +107,8 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     drift: DriftSettings = DriftSettings()
     serving: ServingSettings = ServingSettings()
+    profile: Literal["local", "gcp"] = "local"  # gcp: BigQuery offline store and orders, Memorystore Redis
+    gcp: GcpSettings = GcpSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,14 +1,15 @@
 """Feast definitions for eta: entities, feature views and the feature service the model and the service share.
 
 Definitions only: Feast imports this file on apply, so nothing here runs work. Sources name the
-Parquet tables the features flow writes; `eta.feature_store.apply_definitions` anchors them in the
-namespace's own feature folder, so one set of definitions serves every namespace. Feature names come
+Parquet tables the features flow writes (`eta.feature_store.apply_definitions` anchors them in the
+namespace's own feature folder) or, on the `gcp` profile, BigQuery tables of the same names; one set
+of definitions serves every namespace and both profiles. Feature names come
 from `eta.features` so training and serving can never disagree on them.
 """
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast import BigQuerySource, Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64
 
 from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES
@@ -19,16 +20,18 @@ settings = get_settings()
 store = Entity(name="store", join_keys=["store_id"], value_type=ValueType.INT64, description="A restaurant")
 market = Entity(name="market", join_keys=["market_id"], value_type=ValueType.INT64, description="A city or region")
 
-store_history_source = FileSource(
-    name="store_history_source",
-    path="store_history.parquet",
-    timestamp_field="event_timestamp",
-)
-market_state_source = FileSource(
-    name="market_state_source",
-    path="market_state.parquet",
-    timestamp_field="event_timestamp",
-)
+
+
+def table_source(name: str) -> FileSource | BigQuerySource:
+    """Where a feature table lives: a Parquet file locally, a BigQuery table of the same name on `gcp`."""
+    if settings.profile == "gcp":
+        table = f"{settings.gcp.project}.{settings.gcp.dataset}.{name}"
+        return BigQuerySource(name=f"{name}_source", table=table, timestamp_field="event_timestamp")
+    return FileSource(name=f"{name}_source", path=f"{name}.parquet", timestamp_field="event_timestamp")
+
+
+store_history_source = table_source("store_history")
+market_state_source = table_source("market_state")
 
 # Market supply and demand change by the minute: the ingest path pushes each batch's newest state to
 # the online store instead of waiting for the next materialization.

@@ -1,32 +1,47 @@
 """Ingest orders: validate a batch and add its new orders to the history.
 
-The batch comes from a CSV/Parquet file in DoorDash's layout or, without a file, from the simulator.
+The batch comes from a CSV/Parquet file in DoorDash's layout or, without a file, from BigQuery on the
+`gcp` profile (incrementally) or the simulator.
 Rejected rows go to quarantine with their reasons; a rerun of the same batch adds nothing.
 Run: `python -m flows.ingest` or `eta ingest [--orders FILE]`.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from eta.feature_store import can_push_market_state, feature_store, push_market_state
-from eta.ingest import ingest_batch
+from eta.api import EARLIEST
+from eta.ingest import ingest_batch, read_history
 from eta.orders import OrdersBatch, load_orders_file, validate_orders
 from eta.settings import Settings
 from eta.simulate import simulate_orders
 from flows.common import namespace_for, settings_with
 
 
+def bigquery_batch(settings: Settings) -> OrdersBatch:
+    """The orders BigQuery holds since just before the newest one held here (the `gcp` profile)."""
+    from eta.bigquery_orders import bigquery_client, incremental_window, orders_query, read_orders
+
+    held = read_history(settings)
+    newest = held["created_at"].max() if len(held) else None
+    since, until = incremental_window(newest, datetime.now(timezone.utc), settings.gcp, first_start=EARLIEST)
+    sql, job = orders_query(settings.gcp, since, until)
+    return validate_orders(read_orders(bigquery_client(settings.gcp), sql, job), settings.validation)
+
+
 @task(retries=2, retry_delay_seconds=[1, 5])
 def ingest(orders_file: str | None, settings: Settings) -> dict[str, object]:
-    batch: OrdersBatch = (
-        load_orders_file(Path(orders_file), settings.validation)
-        if orders_file
-        else validate_orders(simulate_orders(settings.simulation), settings.validation)
-    )
+    if orders_file:
+        batch = load_orders_file(Path(orders_file), settings.validation)
+    elif settings.profile == "gcp":
+        batch = bigquery_batch(settings)
+    else:
+        batch = validate_orders(simulate_orders(settings.simulation), settings.validation)
     report = ingest_batch(batch, settings)
     store = feature_store(settings)
     if len(batch.accepted) and can_push_market_state(store):

@@ -19,6 +19,7 @@ from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
 from eta.features import market_state
 from eta.settings import PROJECT_ROOT, Settings
+from eta.storage import write_table
 
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 MARKET_STATE_PUSH = "market_state_push"  # the PushSource's name in feature_repo/definitions.py
@@ -121,13 +122,29 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> None:
 def push_market_state(store: FeatureStore, orders: pd.DataFrame) -> int:
     """Push each market's newest state in `orders` to the online store; returns how many markets.
 
-    Online only: the offline table is rebuilt from the orders themselves (they carry the same state), and
-    Feast 0.67's DuckDB offline push rewrites `event_timestamp` as text, which breaks later joins.
-    An older state never overwrites a newer one online (Feast compares event times).
+    Online through Feast's push source (an older state never overwrites a newer one: Feast compares event
+    times); the offline half is `append_market_state_offline`.
     """
     latest = market_state(orders).groupby("market_id").tail(1)
     store.push(MARKET_STATE_PUSH, latest, to=PushMode.ONLINE)
     return len(latest)
+
+
+def append_market_state_offline(settings: Settings, orders: pd.DataFrame) -> int:
+    """The offline half of the push: add the batch's market states to the push source's batch table.
+
+    Written by us, not by `store.push(..., to=OFFLINE)`: Feast 0.67's DuckDB offline push writes the
+    event time as text, which breaks later joins. Same rows the features flow would compute, so its
+    next full rebuild changes nothing; rows already held are not added twice.
+    """
+    path = settings.features_path / "market_state.parquet"
+    fresh = market_state(orders)
+    held = pd.read_parquet(path) if path.exists() else fresh.iloc[:0]
+    merged = pd.concat([held, fresh], ignore_index=True)
+    merged["event_timestamp"] = pd.to_datetime(merged["event_timestamp"], utc=True)
+    merged = merged.drop_duplicates(["market_id", "event_timestamp"], keep="last").sort_values("event_timestamp")
+    write_table(merged.reset_index(drop=True), path)
+    return len(merged) - len(held)
 
 
 def can_push_market_state(store: FeatureStore) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from eta.feature_store import can_push_market_state, feature_store, push_market_state
+from eta.feature_store import append_market_state_offline, can_push_market_state, feature_store, push_market_state
 from eta.api import EARLIEST
 from eta.ingest import ingest_batch, read_history
 from eta.orders import OrdersBatch, load_orders_file, validate_orders
@@ -46,6 +46,7 @@ def ingest(orders_file: str | None, settings: Settings) -> dict[str, object]:
     store = feature_store(settings)
     if len(batch.accepted) and can_push_market_state(store):
         report["markets_pushed"] = push_market_state(store, batch.accepted)
+        report["market_states_offline"] = append_market_state_offline(settings, batch.accepted)
     return report
 
 

@@ -47,6 +47,13 @@ def test_ingest_flow_pushes_the_new_batch_without_waiting_for_materialization(re
     report = ingest_orders(orders_file=str(path), namespace=settings.feast_project)
     assert report["new_orders"] == 3 and report["markets_pushed"] == 1
     assert _online_onshift(store, settings, 2) == 43.0
+    assert report["market_states_offline"] == 1, "the offline table holds the pushed state at once"
+    from eta.training import training_set
+
+    joined = training_set(store, fresh.assign(order_id=["a", "b", "c"]), settings.feature_service)
+    assert list(joined["total_onshift_dashers"]) == [43.0] * 3, "a training join sees them without a features run"
+    again = ingest_orders(orders_file=str(path), namespace=settings.feast_project)
+    assert again["new_orders"] == 0 and again["market_states_offline"] == 0
 
 
 def test_ingest_does_not_push_before_the_push_source_is_applied(local_settings):

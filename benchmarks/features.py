@@ -36,6 +36,11 @@ def _timed(work):
     return result, round(time.perf_counter() - began, 2)
 
 
+def _ingest(orders: pd.DataFrame, settings) -> float:
+    """Validation and ingestion time; the simulated frame is freed when this returns."""
+    return _timed(lambda: ingest_batch(validate_orders(orders, settings.validation), settings))[1]
+
+
 def _online_onshift(store, market_id: int) -> float | None:
     return store.get_online_features(
         features=["market_state:total_onshift_dashers"], entity_rows=[{"market_id": market_id}]
@@ -45,9 +50,7 @@ def _online_onshift(store, market_id: int) -> float | None:
 def main() -> None:
     settings = get_settings()
     simulation = SimulationSettings(markets=20, stores=5_000, days=20, orders_per_store_day=10, seed=1)
-    orders = simulate_orders(simulation)
-    _, ingest_s = _timed(lambda: ingest_batch(validate_orders(orders, settings.validation), settings))
-    del orders
+    ingest_s = _ingest(simulate_orders(simulation), settings)
     tables, feature_tables_s = _timed(lambda: write_feature_tables(settings))
     store = feature_store(settings, "redis")
     apply_definitions(store, settings)

@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 
 import pandas as pd
 import pytest
-from google.cloud import bigquery
 
 from eta.bigquery_orders import bigquery_client, incremental_window, orders_query, read_orders
 from eta.orders import ORDER_COLUMNS, validate_orders

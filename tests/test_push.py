@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 from feast import Entity
 
 from eta.feature_store import apply_definitions, feature_store, push_market_state

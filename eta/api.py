@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from eta.settings import get_settings
 
@@ -35,6 +35,14 @@ Moment = Annotated[datetime, AfterValidator(_plausible)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: object, info: ValidationInfo) -> object:
+        """Pydantic would read `true` as 1 and "42" as 42; a request that sends them has a bug to hear about."""
+        if isinstance(value, bool) or (isinstance(value, str) and info.field_name != "created_at"):
+            raise ValueError("must be a JSON number")
+        return value
 
 
 class Order(_Strict):

@@ -116,7 +116,8 @@ def test_a_restaurant_page_gets_a_range_per_store_and_the_same_answers_from_cach
 
 
 @pytest.mark.parametrize("change,field", [({"stores": []}, "stores"), ({"market_id": 0}, "market_id"),
-                                          ({"surprise": 1}, "surprise")])
+                                          ({"surprise": 1}, "surprise"), ({"market_id": True}, "market_id"),
+                                          ({"market_id": "1"}, "market_id")])
 def test_a_malformed_page_gets_a_422_naming_the_field(service_url, last_order, change, field):
     response = httpx.post(f"{service_url}/eta/quote", json=_page(last_order, 3) | change, timeout=10)
     assert response.status_code == 422 and field in response.text

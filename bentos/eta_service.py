@@ -26,15 +26,16 @@ from eta.api import Eta, Order, Quote, QuoteRequest, QuoteStore
 from eta.feature_store import feature_store
 from eta.http_guard import Guard
 from eta.registry import load_model_from, production_tag
-from eta.serving import Predictor, Telemetry, redis_client
+from eta.serving import Predictor, redis_client
 from eta.settings import get_settings
+from eta.telemetry import PrometheusTelemetry
 
 settings = get_settings()
 MODEL_TAG = os.environ.get("ETA_MODEL_TAG") or production_tag(settings) or f"{settings.model_name}:latest"
-# No BentoML request timeout: its middleware leaves a `call_later` handle per request that holds the
-# request's context (OpenTelemetry span, futures) until the timeout fires - at 500 req/s and the 60 s
-# default, ~900k objects that every gen-2 collection walks (0.2-0.5 s stalls). Requests are bounded
-# inside instead: feature reads by `serving.feature_timeout_ms`, Redis sockets by their timeouts.
+# A 1 s BentoML request timeout, not the 60 s default: its middleware leaves a `call_later` handle per
+# request that holds the request's context (OpenTelemetry span, futures) until the timeout fires - at
+# 500 req/s and 60 s, ~900k objects that every gen-2 collection walks (0.2-0.5 s stalls). Requests are
+# bounded inside anyway: feature reads by `serving.feature_timeout_ms`, Redis sockets by their timeouts.
 TRAFFIC = {"timeout": 1, "max_concurrency": 512}
 # An access-log line per request costs more than a cached quote; errors are still logged.
 LOGGING = {"access": {"enabled": False}}
@@ -46,43 +47,6 @@ TRACING = {"excluded_urls": ["/eta/order", "/eta/quote"]}
 WARM_UP_ORDER = Order(store_id=0, market_id=1, order_protocol=1, total_items=1, subtotal=0, num_distinct_items=1,
                       min_item_price=0, max_item_price=0, estimated_order_place_duration=0,
                       estimated_store_to_consumer_driving_duration=0)
-
-
-class PrometheusTelemetry(Telemetry):
-    """Cache hits and misses, degraded answers, dependency errors and feature age, per worker process.
-
-    Counts add up in a plain dict and reach Prometheus once a second (`flush_every`): a multiprocess
-    counter increment costs more than a cached answer's whole feature lookup.
-    """
-
-    def __init__(self) -> None:
-        # prometheus_client is imported here, after BentoML set PROMETHEUS_MULTIPROC_DIR for the worker.
-        from prometheus_client import Counter, Histogram
-
-        self.events = Counter("eta_events", "Cache hits/misses, degraded answers, dependency errors",
-                              ["kind", "detail"])
-        self.age = Histogram("eta_feature_age_seconds", "Age of online feature vectors when read", ["view"],
-                             buckets=(1, 10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400))
-
-        self.pending: collections.Counter[str] = collections.Counter()
-
-    def count(self, event: str, n: int = 1) -> None:
-        self.pending[event] += n
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, collections.Counter()
-        for event, n in pending.items():
-            if n:
-                kind, _, detail = event.partition(":")
-                self.events.labels(kind, detail).inc(n)
-
-    async def flush_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            self.flush()
-
-    def feature_age(self, view: str, seconds: float) -> None:
-        self.age.labels(view).observe(seconds)
 
 
 @lru_cache

@@ -2,7 +2,7 @@
 
 - Run for real, on the BigQuery emulator `crucible-emulator` (its own virtualenv, `.crucible/`, as it
   pins its own duckdb) through the official `google-cloud-bigquery` client: the orders query over a
-  window of real DoorDash rows and the incremental window. Crucible refuses query parameters, so there
+  window of orders in a BigQuery table and the incremental window. Crucible refuses query parameters, so there
   the same SQL runs with the window written as BigQuery literals; the parameters themselves are
   checked as the job configuration the client sends.
 - By config only: Feast's BigQuery offline store and sources (Feast builds its own client, which
@@ -20,11 +20,12 @@ import pytest
 
 from eta.bigquery_orders import bigquery_client, incremental_window, orders_query, read_orders
 from eta.orders import ORDER_COLUMNS, validate_orders
-from eta.settings import PROJECT_ROOT, GcpSettings, Settings
+from eta.settings import PROJECT_ROOT, GcpSettings, Settings, SimulationSettings
+from eta.simulate import simulate_orders
 from flows.processes import free_port, server_process
 
 CRUCIBLE = PROJECT_ROOT / ".crucible" / "bin" / "crucible"
-SINCE, UNTIL = datetime(2015, 2, 10, tzinfo=timezone.utc), datetime(2015, 2, 11, tzinfo=timezone.utc)
+SINCE, UNTIL = datetime(2026, 10, 1, 12, tzinfo=timezone.utc), datetime(2026, 10, 2, tzinfo=timezone.utc)
 TYPES = {"created_at": "TIMESTAMP", "actual_delivery_time": "TIMESTAMP", "store_primary_category": "STRING"}
 
 
@@ -49,9 +50,9 @@ def _literal(value, column: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def orders_in_bigquery(emulator, sample_orders):
-    """Three days of the real DoorDash sample in an orders table of the emulator (DDL, then DML inserts)."""
-    rows = sample_orders[(sample_orders["created_at"] >= "2015-02-09 18:00") & (sample_orders["created_at"] < "2015-02-11 06:00")]
+def orders_in_bigquery(emulator):
+    """Two days of simulated orders in an orders table of the emulator (DDL, then DML inserts)."""
+    rows = simulate_orders(SimulationSettings(markets=2, stores=15, days=2, seed=5))
     client = bigquery_client(emulator)
     table = f"{emulator.project}.{emulator.dataset}.{emulator.orders_table}"
     client.query(f"CREATE SCHEMA IF NOT EXISTS {emulator.dataset}").result()
@@ -63,14 +64,6 @@ def orders_in_bigquery(emulator, sample_orders):
                            for row in records[start:start + 100])
         client.query(f"INSERT INTO `{table}` VALUES {values}").result(timeout=60)
     return client, rows
-
-
-@pytest.fixture(scope="module")
-def sample_orders():
-    frame = pd.read_csv(PROJECT_ROOT.parent / "shared" / "data" / "doordash_orders_sample.csv", parse_dates=["created_at", "actual_delivery_time"])
-    for column in ("created_at", "actual_delivery_time"):
-        frame[column] = frame[column].dt.tz_localize("UTC")
-    return frame
 
 
 def _with_literals(sql: str) -> str:
@@ -93,7 +86,7 @@ def test_on_the_emulator_the_orders_query_reads_exactly_the_window(emulator, ord
 def test_the_window_values_travel_as_query_parameters(emulator):
     """Config: what the client sends to BigQuery; the SQL text never holds a value."""
     sql, job = orders_query(emulator, SINCE, UNTIL)
-    assert "@since" in sql and "@until" in sql and "2015" not in sql
+    assert "@since" in sql and "@until" in sql and "2026" not in sql
     assert [(p.name, p.type_, p.value) for p in job.query_parameters] == [
         ("since", "TIMESTAMP", SINCE), ("until", "TIMESTAMP", UNTIL)]
 
@@ -101,10 +94,10 @@ def test_the_window_values_travel_as_query_parameters(emulator):
 def test_the_next_read_starts_an_overlap_before_the_newest_order_held(emulator, orders_in_bigquery):
     """Real: two consecutive windows read on the emulator cover every row once or more, never a gap."""
     client, rows = orders_in_bigquery
-    first_since, first_until = incremental_window(None, datetime(2015, 2, 10, 12, tzinfo=timezone.utc), emulator,
-                                                  first_start=datetime(2015, 2, 9, 18, tzinfo=timezone.utc))
+    first_since, first_until = incremental_window(None, datetime(2026, 10, 1, 18, tzinfo=timezone.utc), emulator,
+                                                  first_start=datetime(2026, 10, 1, tzinfo=timezone.utc))
     first = _read(client, emulator, first_since, first_until)
-    since, until = incremental_window(first["created_at"].max(), datetime(2015, 2, 12, tzinfo=timezone.utc), emulator,
+    since, until = incremental_window(first["created_at"].max(), datetime(2026, 10, 4, tzinfo=timezone.utc), emulator,
                                       first_start=first_since)
     assert since == first["created_at"].max() - pd.Timedelta(minutes=emulator.ingest_overlap_minutes)
     second = _read(client, emulator, since, until)

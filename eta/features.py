@@ -67,17 +67,26 @@ def _utc_seconds(moment: Any) -> float:
     return pd.Timestamp(moment).timestamp()
 
 
+def _hour_of_day(seconds: Array) -> Array:
+    return np.floor(seconds / 3600) % 24
+
+
+def _day_of_week(seconds: Array) -> Array:
+    """Monday = 0, as pandas counts (1970-01-01 was a Thursday)."""
+    return (np.floor(seconds / 86_400) + 3) % 7
+
+
 def hour_of_day(created_at: Any) -> Array:
-    return np.floor(_epoch_seconds(created_at) / 3600) % 24
+    return _hour_of_day(_epoch_seconds(created_at))
 
 
 def day_of_week(created_at: Any) -> Array:
-    """Monday = 0, as pandas counts (1970-01-01 was a Thursday)."""
-    return (np.floor(_epoch_seconds(created_at) / 86_400) + 3) % 7
+    return _day_of_week(_epoch_seconds(created_at))
 
 
 def hour_of_week(created_at: Any) -> Array:
-    return day_of_week(created_at) * 24 + hour_of_day(created_at)
+    seconds = _epoch_seconds(created_at)
+    return _day_of_week(seconds) * 24 + _hour_of_day(seconds)
 
 
 def _ratio(numerator: Array, denominator: Array) -> Array:
@@ -102,11 +111,11 @@ def model_inputs(rows: Mapping[str, Any]) -> Array:
     Missing values stay NaN, which LightGBM handles natively.
     """
     columns = {name: _as_float(rows[name]) for name in MODEL_FEATURES if name not in DERIVED_FEATURES}
-    created_at = _epoch_seconds(rows["created_at"])
+    seconds = _epoch_seconds(rows["created_at"])  # once: the three time features share it
     derived = {
-        "hour_of_day": hour_of_day(created_at),
-        "day_of_week": day_of_week(created_at),
-        "hour_of_week": hour_of_week(created_at),
+        "hour_of_day": _hour_of_day(seconds),
+        "day_of_week": _day_of_week(seconds),
+        "hour_of_week": _day_of_week(seconds) * 24 + _hour_of_day(seconds),
         "busy_dasher_ratio": busy_dasher_ratio(columns["total_busy_dashers"], columns["total_onshift_dashers"]),
         "outstanding_per_dasher": outstanding_per_dasher(
             columns["total_outstanding_orders"], columns["total_onshift_dashers"]

@@ -99,3 +99,16 @@ def test_training_rows_match_a_brute_force_point_in_time_recomputation(offline_s
         market = orders[(orders["market_id"] == row["market_id"]) & (orders["created_at"] <= row["created_at"])]
         latest = market[market["created_at"] == market["created_at"].max()].iloc[-1]
         assert row["total_onshift_dashers"] == latest["total_onshift_dashers"]
+
+
+def test_model_inputs_time_features_are_the_calendar_of_each_order():
+    orders = simulate_orders(SimulationSettings(markets=1, stores=3, days=9, seed=4))
+    orders = fixed_store_history(orders)
+    inputs = model_inputs(orders)
+    column = {name: inputs[:, MODEL_FEATURES.index(name)] for name in ("hour_of_day", "day_of_week", "hour_of_week")}
+    created = orders["created_at"].dt
+    np.testing.assert_array_equal(column["hour_of_day"], created.hour)
+    np.testing.assert_array_equal(column["day_of_week"], created.dayofweek)
+    np.testing.assert_array_equal(column["hour_of_week"], created.dayofweek * 24 + created.hour)
+    one = model_inputs({k: [v] for k, v in orders.iloc[-1].to_dict().items()})
+    np.testing.assert_array_equal(one[0], inputs[-1])

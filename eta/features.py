@@ -46,7 +46,7 @@ def _as_float(values: Any) -> Array:
     return np.asarray(values, dtype=float)
 
 
-def _epoch_seconds(created_at: Any) -> Array:
+def epoch_seconds(created_at: Any) -> Array:
     """UTC seconds since the epoch, from datetimes (aware or UTC-naive), a pandas column or datetime64s.
 
     Plain numpy, no pandas parsing: a single request's timestamp costs microseconds, not a DataFrame.
@@ -67,26 +67,18 @@ def _utc_seconds(moment: Any) -> float:
     return pd.Timestamp(moment).timestamp()
 
 
-def _hour_of_day(seconds: Array) -> Array:
+# The time features take UTC epoch seconds (`epoch_seconds`), converted once per batch or request.
+def hour_of_day(seconds: Array) -> Array:
     return np.floor(seconds / 3600) % 24
 
 
-def _day_of_week(seconds: Array) -> Array:
+def day_of_week(seconds: Array) -> Array:
     """Monday = 0, as pandas counts (1970-01-01 was a Thursday)."""
     return (np.floor(seconds / 86_400) + 3) % 7
 
 
-def hour_of_day(created_at: Any) -> Array:
-    return _hour_of_day(_epoch_seconds(created_at))
-
-
-def day_of_week(created_at: Any) -> Array:
-    return _day_of_week(_epoch_seconds(created_at))
-
-
-def hour_of_week(created_at: Any) -> Array:
-    seconds = _epoch_seconds(created_at)
-    return _day_of_week(seconds) * 24 + _hour_of_day(seconds)
+def hour_of_week(seconds: Array) -> Array:
+    return day_of_week(seconds) * 24 + hour_of_day(seconds)
 
 
 def _ratio(numerator: Array, denominator: Array) -> Array:
@@ -111,11 +103,11 @@ def model_inputs(rows: Mapping[str, Any]) -> Array:
     Missing values stay NaN, which LightGBM handles natively.
     """
     columns = {name: _as_float(rows[name]) for name in MODEL_FEATURES if name not in DERIVED_FEATURES}
-    seconds = _epoch_seconds(rows["created_at"])  # once: the three time features share it
+    seconds = epoch_seconds(rows["created_at"])  # once: the three time features share it
     derived = {
-        "hour_of_day": _hour_of_day(seconds),
-        "day_of_week": _day_of_week(seconds),
-        "hour_of_week": _day_of_week(seconds) * 24 + _hour_of_day(seconds),
+        "hour_of_day": hour_of_day(seconds),
+        "day_of_week": day_of_week(seconds),
+        "hour_of_week": hour_of_week(seconds),
         "busy_dasher_ratio": busy_dasher_ratio(columns["total_busy_dashers"], columns["total_onshift_dashers"]),
         "outstanding_per_dasher": outstanding_per_dasher(
             columns["total_outstanding_orders"], columns["total_onshift_dashers"]

@@ -34,14 +34,13 @@ TIMEOUTS_BEFORE_PAUSE = 3
 
 
 class Telemetry:
-    """What the core reports; the Bento services export it to Prometheus, the reference app drops it."""
+    """What the core reports (nothing, as such); `eta.telemetry.PrometheusTelemetry` exports it."""
 
     def count(self, event: str, n: int = 1) -> None:
         """`event` is "<what>:<detail>": features:hit, quotes_l2:miss, degraded:order, redis_error:<type>."""
 
     def feature_age(self, view: str, seconds: float) -> None:
         """Age of a feature vector just read from the online store."""
-
 
 
 def redis_client(url: str, redis_type: str = "redis") -> aioredis.Redis | aioredis.RedisCluster:

@@ -122,7 +122,6 @@ class CoalescingCache(Generic[K, V]):
                 self._loading.pop(key, None)
 
 
-
 async def _resolved(value):
     # Shielded: a waiter that gives up (its own timeout) must not cancel the load the others wait for.
     return await asyncio.shield(value) if isinstance(value, asyncio.Future) else value

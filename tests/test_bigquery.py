@@ -66,15 +66,17 @@ def orders_in_bigquery(emulator):
     return client, rows
 
 
-def _with_literals(sql: str) -> str:
-    return sql.replace("@since", f"TIMESTAMP '{SINCE.isoformat()}'").replace("@until", f"TIMESTAMP '{UNTIL.isoformat()}'")
+def _read(client, config, since, until) -> pd.DataFrame:
+    """The orders query with the window written as BigQuery literals (the emulator refuses parameters)."""
+    sql, _ = orders_query(config, since, until)
+    literal = sql.replace("@since", f"TIMESTAMP '{since.isoformat()}'").replace("@until", f"TIMESTAMP '{until.isoformat()}'")
+    return read_orders(client, literal)
 
 
 def test_on_the_emulator_the_orders_query_reads_exactly_the_window(emulator, orders_in_bigquery):
     """Real: the query runs in the BigQuery dialect on the emulator, read by the official client."""
     client, rows = orders_in_bigquery
-    sql, _ = orders_query(emulator, SINCE, UNTIL)
-    read = read_orders(client, _with_literals(sql))
+    read = _read(client, emulator, SINCE, UNTIL)
     expected = rows[(rows["created_at"] >= SINCE) & (rows["created_at"] < UNTIL)]
     assert len(read) == len(expected) > 100
     assert list(read.columns) == ORDER_COLUMNS and read["created_at"].is_monotonic_increasing
@@ -103,12 +105,6 @@ def test_the_next_read_starts_an_overlap_before_the_newest_order_held(emulator, 
     second = _read(client, emulator, since, until)
     both = pd.concat([first, second]).drop_duplicates()
     assert len(both) == len(rows), "every row of the table read, late ones included"
-
-
-def _read(client, config, since, until) -> pd.DataFrame:
-    sql, _ = orders_query(config, since, until)
-    literal = sql.replace("@since", f"TIMESTAMP '{since.isoformat()}'").replace("@until", f"TIMESTAMP '{until.isoformat()}'")
-    return read_orders(client, literal)
 
 
 def test_the_gcp_profile_gives_feast_a_bigquery_offline_store_and_sources(monkeypatch):

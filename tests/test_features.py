@@ -8,7 +8,7 @@ import pytest
 
 from eta.feature_store import apply_definitions, feature_store
 from eta.feature_tables import write_feature_tables
-from eta.features import MODEL_FEATURES, hour_of_week, model_inputs, store_history
+from eta.features import MODEL_FEATURES, epoch_seconds, hour_of_week, model_inputs, store_history
 from eta.ingest import ingest_batch
 from eta.orders import delivery_minutes, validate_orders
 from eta.settings import SimulationSettings
@@ -26,7 +26,7 @@ def _order(store_id: int, created: str, minutes: float, **fields) -> dict:
 
 def test_hour_of_week_counts_from_monday_midnight_utc():
     stamps = pd.Series(pd.to_datetime(["2026-11-23 00:30", "2026-11-29 23:59"], utc=True))  # Mon, Sun
-    np.testing.assert_array_equal(hour_of_week(stamps), [0, 167])
+    np.testing.assert_array_equal(hour_of_week(epoch_seconds(stamps)), [0, 167])
 
 
 def test_model_inputs_is_the_same_for_a_frame_and_for_per_request_lists():

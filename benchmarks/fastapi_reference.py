@@ -1,27 +1,27 @@
 """The plain-FastAPI reference: the same work as the Bento services, with nothing of BentoML.
 
-Same `Predictor`, same telemetry (cache and degraded counters, feature age) and, as BentoML's
-middleware does, a latency histogram per endpoint, exposed at /metrics. Served by uvicorn (one worker,
+Same `Predictor`, same guard (API key, body bounds), same telemetry (cache and degraded counters, feature age), the same latency
+histogram per endpoint and /metrics (`eta.telemetry.LatencyMetrics`). Served by uvicorn (one worker,
 uvloop, httptools, no access log) in `make bench-serving`, so the table shows what BentoML's serving
 layer costs on top of the same features, model and metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
-import asyncio
-
 from fastapi import FastAPI
-from prometheus_client import make_asgi_app
 
 from eta.api import Eta, Order, Quote, QuoteRequest
+from eta.http_guard import Guard
 from eta.registry import load_model, production_tag
 from eta.serving import Predictor, redis_client
 from eta.settings import get_settings
 from eta.telemetry import LatencyMetrics, PrometheusTelemetry
 
 settings = get_settings()
+API_KEY = settings.serving.api_key.get_secret_value() if settings.serving.api_key else None
 state: dict[str, Predictor] = {}
 
 
@@ -39,8 +39,9 @@ async def lifespan(_: FastAPI):
 
 
 app = FastAPI(title="eta reference", lifespan=lifespan)
+# Added last, runs first: latency includes the guard, as in the Bento.
+app.add_middleware(Guard, api_key=API_KEY, max_body_bytes=settings.serving.max_body_bytes)
 app.add_middleware(LatencyMetrics, paths=("/eta/order", "/eta/quote"))
-app.mount("/metrics", make_asgi_app())
 
 
 @app.post("/eta/order")

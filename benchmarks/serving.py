@@ -36,7 +36,11 @@ def fastapi_reference(settings: Settings, log: Path):
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "benchmarks.fastapi_reference:app", "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
-    with server_process(command, f"http://127.0.0.1:{port}/docs", {**os.environ, **settings_env(settings)}, log):
+    # Multiprocess metrics as in a Bento worker, in a folder of its own (importing Feast points
+    # PROMETHEUS_MULTIPROC_DIR at one shared folder, where counts would pile up across runs).
+    with tempfile.TemporaryDirectory() as metrics_dir, server_process(
+            command, f"http://127.0.0.1:{port}/docs",
+            {**os.environ, **settings_env(settings), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}, log):
         yield f"http://127.0.0.1:{port}"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import pandas as pd
@@ -83,10 +85,22 @@ def test_service_and_training_set_compute_the_same_features_and_eta(service_url,
     assert served == pytest.approx(expected, abs=0.006)
 
 
-def test_prometheus_metrics_count_requests_per_endpoint(service_url, last_order):
-    httpx.post(f"{service_url}/eta/order", json=_request(last_order), timeout=10)
-    metrics = httpx.get(f"{service_url}/metrics", timeout=10).text
-    assert 'bentoml_service_request_total{' in metrics and 'endpoint="/eta/order"' in metrics
+def _requests_counted(service_url: str) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{service_url}/metrics", timeout=10).text
+    return {(sample.labels["endpoint"], sample.labels["status"]): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == "eta_request_duration_seconds_count"}
+
+
+def test_prometheus_latency_histograms_count_requests_per_endpoint_and_status(service_url, last_order):
+    before = _requests_counted(service_url)
+    assert httpx.post(f"{service_url}/eta/order", json=_request(last_order), timeout=10).status_code == 200
+    assert httpx.post(f"{service_url}/eta/order", json={"market_id": 1}, timeout=10).status_code == 422
+    after = _requests_counted(service_url)
+    assert after[("/eta/order", "200")] == before.get(("/eta/order", "200"), 0) + 1
+    assert after[("/eta/order", "422")] == before.get(("/eta/order", "422"), 0) + 1
 
 
 def test_the_request_schema_carries_exactly_the_fields_training_uses():
@@ -111,8 +125,16 @@ def test_a_restaurant_page_gets_a_range_per_store_and_the_same_answers_from_cach
         low, high = eta["range_min"]
         assert 0 < low <= eta["minutes"] <= high
     assert httpx.post(f"{service_url}/eta/quote", json=page, timeout=10).json() == quote
-    metrics = httpx.get(f"{service_url}/metrics", timeout=10).text
-    assert 'eta_events_total{detail="hit",kind="quotes_l1"}' in metrics
+    assert _eventually_exported('eta_events_total{detail="hit",kind="quotes_l1"}', service_url)
+
+
+def _eventually_exported(series: str, service_url: str) -> bool:
+    """Event counters reach Prometheus once a second (batched), so a fresh count shows within ~1 s."""
+    for _ in range(30):
+        if series in httpx.get(f"{service_url}/metrics", timeout=10).text:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @pytest.mark.parametrize("change,field", [({"stores": []}, "stores"), ({"market_id": 0}, "market_id"),

@@ -70,14 +70,24 @@ class Eta(BaseModel):
     market_features_found: bool
 
 
-class QuoteStore(_Strict):
+class _StrictNatively(BaseModel):
+    """Pydantic's own strict mode, checked in Rust: numbers must be JSON numbers and ids JSON integers.
+
+    For the quote models, where a page carries up to 100 stores and a Python validator per field would
+    cost more than the cached answer itself.
+    """
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+
+class QuoteStore(_StrictNatively):
     store_id: int = Field(ge=0, le=MAX_ID, description="Restaurant id")
     estimated_store_to_consumer_driving_duration: float = Field(
         ge=0, le=MAX_SECONDS, description="Routing estimate of the drive to this customer, seconds"
     )
 
 
-class QuoteRequest(_Strict):
+class QuoteRequest(_StrictNatively):
     """A restaurant list page: one customer's context and the stores shown to them, before any basket."""
 
     market_id: int = Field(ge=1, le=MAX_ID, description="City/region id")

@@ -139,7 +139,9 @@ def _eventually_exported(series: str, service_url: str) -> bool:
 
 @pytest.mark.parametrize("change,field", [({"stores": []}, "stores"), ({"market_id": 0}, "market_id"),
                                           ({"surprise": 1}, "surprise"), ({"market_id": True}, "market_id"),
-                                          ({"market_id": "1"}, "market_id")])
+                                          ({"market_id": "1"}, "market_id"),
+                                          ({"stores": [{"store_id": 1.0, "estimated_store_to_consumer_driving_duration": 60}]},
+                                           "store_id")])
 def test_a_malformed_page_gets_a_422_naming_the_field(service_url, last_order, change, field):
     response = httpx.post(f"{service_url}/eta/quote", json=_page(last_order, 3) | change, timeout=10)
     assert response.status_code == 422 and field in response.text

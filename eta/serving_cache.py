@@ -76,6 +76,7 @@ class CoalescingCache(Generic[K, V]):
         """Values for `keys`; the missing ones come from one `load(missing)` call, shared with waiters."""
         found: dict[K, V | asyncio.Future[V]] = {}
         missing: list[K] = []
+        waiting = False
         for key in keys:
             if key in found:
                 continue
@@ -86,11 +87,14 @@ class CoalescingCache(Generic[K, V]):
             elif key in self._loading:
                 self.hits += 1
                 found[key] = self._loading[key]
+                waiting = True
             else:
                 self.misses += 1
                 missing.append(key)
         if missing:
             await self._load(missing, load, found)
+        if not (missing or waiting):  # all fresh: no future to wait for (a warm page's usual case)
+            return [found[key] for key in keys]
         return [await _resolved(found[key]) for key in keys]
 
     async def _load(self, missing: list[K], load: Callable[[list[K]], Awaitable[list[V]]], found: dict) -> None:

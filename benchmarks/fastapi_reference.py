@@ -18,9 +18,10 @@ from eta.http_guard import Guard
 from eta.registry import load_model, production_tag
 from eta.serving import Predictor, redis_client
 from eta.settings import get_settings
-from eta.telemetry import LatencyMetrics, PrometheusTelemetry
+from eta.telemetry import LatencyMetrics, PrometheusTelemetry, json_logs
 
 settings = get_settings()
+json_logs()
 API_KEY = settings.serving.api_key.get_secret_value() if settings.serving.api_key else None
 state: dict[str, Predictor] = {}
 

@@ -28,9 +28,10 @@ from eta.http_guard import Guard
 from eta.registry import load_model_from, production_tag
 from eta.serving import Predictor, redis_client
 from eta.settings import get_settings
-from eta.telemetry import LatencyMetrics, PrometheusTelemetry
+from eta.telemetry import LatencyMetrics, PrometheusTelemetry, json_logs
 
 settings = get_settings()
+json_logs()
 MODEL_TAG = os.environ.get("ETA_MODEL_TAG") or production_tag(settings) or f"{settings.model_name}:latest"
 # A 1 s BentoML request timeout, not the 60 s default: its middleware leaves a `call_later` handle per
 # request that holds the request's context (OpenTelemetry span, futures) until the timeout fires - at

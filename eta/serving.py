@@ -10,6 +10,7 @@ again `redis_retry_after_s` later, so it recovers by itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from eta.training import EtaModel
 QUOTE_DEFAULTED_FIELDS = [f for f in REQUEST_FIELDS if f not in ("created_at", "market_id",
                                                                  "estimated_store_to_consumer_driving_duration")]
 DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
+logger = logging.getLogger(__name__)
 TIMEOUTS_BEFORE_PAUSE = 3
 
 
@@ -77,6 +79,7 @@ class Predictor:
         self.count = self.telemetry.count
         self._retry_at = 0.0
         self._timeouts_in_a_row = 0
+        self._paused_since: float | None = None
         self._background: set[asyncio.Task] = set()
 
     @property
@@ -93,9 +96,18 @@ class Predictor:
         self._timeouts_in_a_row = self._timeouts_in_a_row + 1 if isinstance(error, TimeoutError) else 0
         if not isinstance(error, TimeoutError) or self._timeouts_in_a_row >= TIMEOUTS_BEFORE_PAUSE:
             self._retry_at = time.monotonic() + self.config.redis_retry_after_s
+            if self._paused_since is None:  # logged on the way down and up only: never a line per request
+                self._paused_since = time.monotonic()
+                logger.warning("redis unavailable: answering degraded", extra={
+                    "error": type(error).__name__, "detail": str(error)[:200],
+                    "retry_after_s": self.config.redis_retry_after_s})
 
     def _succeeded(self) -> None:
         self._timeouts_in_a_row = 0
+        if self._paused_since is not None:
+            logger.info("redis back: answering fresh",
+                        extra={"unavailable_s": round(time.monotonic() - self._paused_since, 3)})
+            self._paused_since = None
 
     async def _bounded(self, work):
         async with asyncio.timeout(self.config.feature_timeout_ms / 1000):

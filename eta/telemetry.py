@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import os
 import time
 
@@ -47,6 +48,22 @@ class PrometheusTelemetry(Telemetry):
 
     def feature_age(self, view: str, seconds: float) -> None:
         self.age.labels(view).observe(seconds)
+
+
+def json_logs(level: int = logging.INFO) -> None:
+    """eta's own log records as one JSON object per line on stderr, extra fields included, for log pipelines.
+
+    The serving core logs state changes only (Redis gone, Redis back), never a line per request.
+    """
+    from pythonjsonlogger.json import JsonFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                       rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    root = logging.getLogger("eta")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
 
 
 class LatencyMetrics:

@@ -7,6 +7,8 @@ Each test's online features live in its own Feast project (`redis_store`); the R
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
 import shutil
 import subprocess
@@ -228,7 +230,8 @@ def _copy_online_rows(settings, port: int, keys: list[bytes]) -> None:
         target.restore(key, 0, source.dump(key), replace=True)
 
 
-def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_recover(model, redis_store, own_redis):
+def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_recover(model, redis_store, own_redis,
+                                                                                      caplog):
     settings, _, orders = redis_store
     port, server = own_redis
     store_id, market = int(orders["store_id"].iloc[0]), int(orders["market_id"].iloc[0])
@@ -256,8 +259,9 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
         recovered = await predictor.order(_order(store_id, market))
         return healthy, answers, timings, recovered
 
-    healthy, answers, timings, recovered = _run(_with_predictor(model, config, work, telemetry=seen,
-                                                                url=config.redis_url))
+    with caplog.at_level(logging.INFO, logger="eta.serving"):
+        healthy, answers, timings, recovered = _run(_with_predictor(model, config, work, telemetry=seen,
+                                                                    url=config.redis_url))
     assert not healthy.degraded and healthy.store_features_found
     assert all(answer.degraded for answer in answers)
     orders_answered = answers[::2]
@@ -265,6 +269,26 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
     assert max(timings) < 0.02, f"two answers took {max(timings) * 1000:.1f} ms without Redis"
     assert seen.events["degraded:order"] == 20 and seen.events["degraded:quote"] == 20
     assert not recovered.degraded and recovered.minutes == healthy.minutes
+    # 41 degraded answers, two log lines: the way down (with the error) and the way back up.
+    down, up = [r for r in caplog.records if r.name == "eta.serving"]
+    assert down.levelname == "WARNING" and down.error == "ConnectionError" and "degraded" in down.getMessage()
+    assert up.levelname == "INFO" and up.unavailable_s > 0.2
+
+
+def test_eta_logs_are_one_json_object_per_line_with_their_extra_fields(capsys):
+    from eta.telemetry import json_logs
+
+    eta_logger = logging.getLogger("eta")
+    before = (eta_logger.handlers[:], eta_logger.level, eta_logger.propagate)
+    try:
+        json_logs()
+        logging.getLogger("eta.serving").warning("redis unavailable",
+                                                 extra={"error": "ConnectionError", "retry_after_s": 0.5})
+    finally:
+        eta_logger.handlers[:], eta_logger.level, eta_logger.propagate = before
+    record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert record["level"] == "WARNING" and record["logger"] == "eta.serving" and record["message"] == "redis unavailable"
+    assert record["error"] == "ConnectionError" and record["retry_after_s"] == 0.5 and "time" in record
 
 
 def test_a_waiter_whose_loader_gives_up_gets_a_timeout_not_a_cancellation():

@@ -1,9 +1,9 @@
 """The plain-FastAPI reference: the same work as the Bento services, with nothing of BentoML.
 
-Same `Predictor`, same guard (API key, body bounds), same telemetry (cache and degraded counters, feature age), the same latency
-histogram per endpoint and /metrics (`eta.telemetry.LatencyMetrics`). Served by uvicorn (one worker,
-uvloop, httptools, no access log) in `make bench-serving`, so the table shows what BentoML's serving
-layer costs on top of the same features, model and metrics.
+Same `Predictor`, same guard (API key, body bounds), same telemetry (cache and degraded counters,
+feature age), the same latency histogram per endpoint and /metrics (`eta.telemetry.LatencyMetrics`),
+the same JSON logs. Served by uvicorn (one worker, uvloop, httptools, no access log) in
+`make bench-serving`, so the table shows what BentoML's serving layer costs on top of the same work.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-COLUMNS = ["target", "rate", "rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "errors", "degraded", "requests", "server_cpu_ms_per_request", "rps_per_core"]
+COLUMNS = ["target", "rate", "rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "errors", "degraded", "requests", "server_cpu_ms_per_request", "rps_per_core", "sender_late_p99_ms"]
 
 
 def markdown(runs: list[dict]) -> str:

@@ -36,6 +36,18 @@ def test_an_order_gets_a_sane_eta_from_the_production_model(service_url, setting
     assert answer["store_features_found"] and answer["market_features_found"]
 
 
+def test_the_readme_python_client_gets_typed_answers(service_url, settings, last_order):
+    import bentoml
+
+    with bentoml.SyncHTTPClient(service_url, token=None) as client:
+        eta = client.order(_request(last_order))
+        page = client.quote({"market_id": int(last_order["market_id"]), "stores": [
+            {"store_id": int(last_order["store_id"]), "estimated_store_to_consumer_driving_duration": 600}]})
+    assert eta["model_version"] == page["model_version"] == production_tag(settings)
+    assert 0 < eta["range_min"][0] <= eta["minutes"] <= eta["range_min"][1]
+    assert [store["store_id"] for store in page["etas"]] == [int(last_order["store_id"])]
+
+
 @pytest.mark.parametrize(
     "change,field",
     [

@@ -74,7 +74,8 @@ class _StrictNatively(BaseModel):
     """Pydantic's own strict mode, checked in Rust: numbers must be JSON numbers and ids JSON integers.
 
     For the quote models, where a page carries up to 100 stores and a Python validator per field would
-    cost more than the cached answer itself.
+    cost more than the cached answer itself. `Order` stays with `_Strict`: one object per request, and
+    its integer fields take whole floats (3.0), which clients building bodies from pandas send.
     """
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")

@@ -170,9 +170,8 @@ class Predictor:
         """
         shown_at = (request.created_at or datetime.now(timezone.utc)).timestamp()
         bucket = int(shown_at // self.config.quote_bucket_s)
-        prefix, step = f"{self.model_version}:{bucket}:{request.market_id}:", self.config.quote_drive_step_s
-        # `_drive` inlined: this runs for every store on every page.
-        keys = [f"{prefix}{store.store_id}:{int(round(store.estimated_store_to_consumer_driving_duration / step) * step)}"
+        prefix = f"{self.model_version}:{bucket}:{request.market_id}:"
+        keys = [f"{prefix}{store.store_id}:{self._drive(store.estimated_store_to_consumer_driving_duration)}"
                 for store in request.stores]
         return float(bucket * self.config.quote_bucket_s), keys
 

@@ -42,6 +42,7 @@ class Run:
     degraded: int
     server_cpu_ms_per_request: float | None = None  # CPU of every process of the server under test
     sender_late_p99_ms: float | None = None  # open loop: how late the generator itself sent requests
+    sender_late_max_ms: float | None = None
 
     @property
     def rps_per_core(self) -> float | None:
@@ -165,7 +166,8 @@ def constant_rate(target: str, url: str, bodies: Sequence[bytes], rate: float, s
         latencies, errors, degraded, lateness = uvloop.run(_constant_rate(url, bodies, rate, seconds, headers, inspect))
     run = summarise(target, rate, latencies, errors, seconds, degraded)
     # How late the generator itself sent (part of every latency above): its precision, reported.
-    run.sender_late_p99_ms = round(float(np.percentile(np.asarray(lateness) * 1000, 99)), 2)
+    late_ms = np.asarray(lateness) * 1000
+    run.sender_late_p99_ms, run.sender_late_max_ms = round(float(np.percentile(late_ms, 99)), 2), round(float(late_ms.max()), 2)
     return run
 
 

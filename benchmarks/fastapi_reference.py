@@ -22,7 +22,6 @@ from eta.telemetry import LatencyMetrics, PrometheusTelemetry, json_logs
 
 settings = get_settings()
 json_logs()
-API_KEY = settings.serving.api_key.get_secret_value() if settings.serving.api_key else None
 state: dict[str, Predictor] = {}
 
 
@@ -41,7 +40,7 @@ async def lifespan(_: FastAPI):
 
 app = FastAPI(title="eta reference", lifespan=lifespan)
 # Added last, runs first: latency includes the guard, as in the Bento.
-app.add_middleware(Guard, api_key=API_KEY, max_body_bytes=settings.serving.max_body_bytes)
+app.add_middleware(Guard, config=settings.serving)
 app.add_middleware(LatencyMetrics, paths=("/eta/order", "/eta/quote"))
 
 

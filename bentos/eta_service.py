@@ -124,11 +124,10 @@ class EtaOrder(_Serving):
         return Quote.model_validate(await self.quotes.to_async.quote(request.model_dump()))
 
 
-API_KEY = settings.serving.api_key.get_secret_value() if settings.serving.api_key else None
-if API_KEY:
+if settings.serving.api_key:
     # BentoML's client for a dependency sends this variable as its bearer token, so quotes EtaOrder
     # forwards pass EtaQuote's guard.
-    os.environ.setdefault("BENTO_CLOUD_API_KEY", API_KEY)
+    os.environ.setdefault("BENTO_CLOUD_API_KEY", settings.serving.api_key.get_secret_value())
 for service in (EtaQuote, EtaOrder):
     service.add_asgi_middleware(LatencyMetrics, paths=("/eta/order", "/eta/quote"))
-    service.add_asgi_middleware(Guard, api_key=API_KEY, max_body_bytes=settings.serving.max_body_bytes)
+    service.add_asgi_middleware(Guard, config=settings.serving)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import hmac
 import json
 
+from eta.settings import ServingSettings
+
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/openapi.json", "/"})
 
 
 class Guard:
-    def __init__(self, app, api_key: str | None, max_body_bytes: int) -> None:
+    def __init__(self, app, config: ServingSettings) -> None:
         self.app = app
-        self.api_key = api_key.encode() if api_key else None
-        self.max_body_bytes = max_body_bytes
+        self.api_key = config.api_key.get_secret_value().encode() if config.api_key else None
+        self.max_body_bytes = config.max_body_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:

@@ -36,7 +36,7 @@ def test_an_order_gets_a_sane_eta_from_the_production_model(service_url, setting
     assert answer["store_features_found"] and answer["market_features_found"]
 
 
-def test_the_readme_python_client_gets_typed_answers(service_url, settings, last_order):
+def test_the_readme_python_client_gets_answers_from_both_endpoints(service_url, settings, last_order):
     import bentoml
 
     with bentoml.SyncHTTPClient(service_url, token=None) as client:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lock clean bench-training bench-serving bench-faults bench-features
+.PHONY: venv demo test lock clean bench-accuracy bench-training bench-serving bench-faults bench-features
 
 # The virtualenv is rebuilt whenever the lock file changes.
 $(BIN)/.synced: requirements.lock pyproject.toml
@@ -36,6 +36,12 @@ lock: venv
 
 clean:
 	rm -rf $(VENV) .eta
+
+## How low MAE can go on the DoorDash sample: the model vs oracles that see the future; writes benchmarks/results/accuracy_ceiling.json.
+DOORDASH := ../shared/data/doordash_orders_sample.csv
+bench-accuracy: venv
+	$(BIN)/eta train --orders $(DOORDASH) --train-until 2015-02-11 > /dev/null
+	$(BIN)/python -m benchmarks.accuracy_ceiling
 
 ## Training benchmark on 1M simulated orders; writes benchmarks/results/training.json.
 bench-training: venv

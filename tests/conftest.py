@@ -34,19 +34,6 @@ import pytest  # noqa: E402
 
 from eta.settings import Settings, get_settings  # noqa: E402
 
-SHARED_ORDERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "doordash_orders_sample.csv"
-
-
-def fixed_store_history(frame, orders: float = 20.0, mean: float = 45.0, p90: float = 60.0):
-    """`frame` with every store-history feature set to one value per statistic (for tests without Feast)."""
-    from eta.features import STORE_HISTORY_FEATURES
-
-    value = {"orders": orders, "mean_delivery_min": mean, "p90_delivery_min": p90}
-    return frame.assign(**{
-        name: next(v for stat, v in value.items() if name.startswith(f"store_{stat}_")) for name in STORE_HISTORY_FEATURES
-    })
-
-
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return get_settings()

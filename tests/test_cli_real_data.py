@@ -13,7 +13,7 @@ import pytest
 from eta.ingest import read_history
 from eta.registry import list_models, production_tag
 from eta.settings import PROJECT_ROOT
-from tests.conftest import SHARED_ORDERS
+from tests.helpers import SHARED_ORDERS
 
 pytestmark = pytest.mark.skipif(not SHARED_ORDERS.exists(), reason="the shared DoorDash sample lives outside the repository")
 NAMESPACE = "eta_doordash_orders_sample"

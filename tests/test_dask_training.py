@@ -9,7 +9,7 @@ from eta.orders import delivery_minutes
 from eta.settings import SimulationSettings, TrainingSettings
 from eta.simulate import simulate_orders
 from eta.training import LABEL, score, split_by_time, train_eta_model
-from tests.conftest import fixed_store_history
+from tests.helpers import fixed_store_history
 
 
 def test_local_cluster_training_matches_in_process_metrics():

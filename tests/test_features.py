@@ -14,7 +14,7 @@ from eta.orders import delivery_minutes, validate_orders
 from eta.settings import SimulationSettings
 from eta.simulate import simulate_orders
 from eta.training import training_set
-from tests.conftest import fixed_store_history
+from tests.helpers import fixed_store_history
 
 
 def _order(store_id: int, created: str, minutes: float, **fields) -> dict:

@@ -13,7 +13,7 @@ from eta.registry import gate, list_models, load_model, model_metadata, producti
 from eta.settings import GateSettings, SimulationSettings, TrainingSettings
 from eta.simulate import simulate_orders
 from eta.training import LABEL, EtaModel, split_by_time, train_eta_model
-from tests.conftest import fixed_store_history
+from tests.helpers import fixed_store_history
 
 GATE = GateSettings(mae_margin=0.2, market_regression_limit=0.05, coverage_band=(0.75, 0.85))
 FAST = TrainingSettings(num_boost_round=60, holdout_days=2, calibration_days=2)

@@ -12,7 +12,7 @@ from eta.ingest import BatchRejected, ingest_batch, read_history
 from eta.orders import ORDER_COLUMNS, delivery_minutes, load_orders_file, validate_orders
 from eta.settings import SimulationSettings
 from eta.simulate import simulate_orders
-from tests.conftest import SHARED_ORDERS
+from tests.helpers import SHARED_ORDERS
 
 SMALL = SimulationSettings(markets=2, stores=20, days=7, orders_per_store_day=10, seed=3)
 

@@ -155,10 +155,13 @@ def gate(
     baseline_mae: float,
     behaviour: list[str],
     config: GateSettings,
+    incomparable_champion: str | None = None,
 ) -> GateDecision:
     """Promote only a challenger that passes every check, each scored on the same held-out window.
 
     `challenger` and `champion` are `training.score` results; `behaviour` lists broken behaviours.
+    `incomparable_champion` names a production model that could not be scored (trained on other features):
+    the challenger then answers to the baselines only, and the record says so.
     """
     checks = []
 
@@ -167,6 +170,8 @@ def gate(
 
     mae = float(challenger["mae_min"])
     check("beats naive median", mae < baseline_mae, f"MAE {mae:.2f} vs {baseline_mae:.2f}")
+    if incomparable_champion is not None:
+        check("champion comparable", True, f"{incomparable_champion} uses other features: not scored, baselines only")
     if champion is not None:
         champion_mae = float(champion["mae_min"])
         check(
@@ -187,6 +192,6 @@ def gate(
     check("behavioural tests", not behaviour, "; ".join(behaviour) or "all pass")
     failed = [c["check"] for c in checks if not c["passed"]]
     reason = "passed every check" if not failed else "refused: " + ", ".join(failed)
-    if champion is None and not failed:
+    if champion is None and incomparable_champion is None and not failed:
         reason = "no model in production; passed every check"
     return GateDecision(promote=not failed, reason=reason, checks=checks)

@@ -1,4 +1,4 @@
-"""Train and gate: point-in-time training set from Feast, time split, LightGBM quantile models, the gate.
+"""Train and gate: point-in-time training set from Feast, time split, a monotone LightGBM with its conformal range, the gate.
 
 Every trained model goes to the BentoML model store with its metrics, data window, feature service,
 code version and gate decision; it becomes the production model only if it passes every gate check
@@ -45,11 +45,11 @@ def train_and_gate(training_set_path: str, settings: Settings, train_until: str 
     challenger = score(model, split.holdout)
     reference = baselines(split)
     champion_tag = production_tag(settings)
-    champion = None
-    if champion_tag is not None and model_metadata(champion_tag).get("features") == MODEL_FEATURES:
-        champion = score(load_model(champion_tag), split.holdout)
+    comparable = champion_tag is not None and model_metadata(champion_tag).get("features") == MODEL_FEATURES
+    champion = score(load_model(champion_tag), split.holdout) if comparable else None
     behaviour = behaviour_failures(model, model_inputs(split.holdout))
-    decision = gate(challenger, champion, reference["naive_median"]["mae_min"], behaviour, settings.gate)
+    decision = gate(challenger, champion, reference["naive_median"]["mae_min"], behaviour, settings.gate,
+                    incomparable_champion=champion_tag if champion_tag is not None and not comparable else None)
     tag = save_model(
         model,
         {

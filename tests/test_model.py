@@ -44,6 +44,13 @@ def test_a_market_that_gets_worse_blocks_promotion_even_when_the_total_improves(
     assert "market 2" in next(c["detail"] for c in decision.checks if c["check"] == "no market regresses")
 
 
+def test_a_champion_on_other_features_is_named_in_the_record_not_passed_off_as_absent():
+    decision = gate(_scored(8.0), None, 12.0, [], GATE, incomparable_champion="eta_model:old")
+    assert decision.promote and decision.reason == "passed every check"
+    assert "eta_model:old" in next(c["detail"] for c in decision.checks if c["check"] == "champion comparable")
+    assert not gate(_scored(12.5), None, 12.0, [], GATE, incomparable_champion="eta_model:old").promote
+
+
 def test_uncalibrated_range_or_broken_behaviour_blocks_promotion():
     assert "interval coverage in band" in gate(_scored(7.0, coverage=0.6), None, 12.0, [], GATE).reason
     assert "behavioural tests" in gate(_scored(7.0), None, 12.0, ["drive shortened ETA"], GATE).reason

@@ -56,7 +56,7 @@ class OwnRedis:
 
 
 def main() -> None:
-    seconds = float(os.environ.get("ETA_FAULT_SECONDS", 30))
+    seconds = float(os.environ.get("ETA_FAULT_SECONDS", "30"))
     with tempfile.TemporaryDirectory() as folder:
         redis = OwnRedis(Path(folder))
         redis.start()

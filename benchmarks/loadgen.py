@@ -15,9 +15,9 @@ import gc
 import sys
 import threading
 import time
-from urllib.parse import urlparse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from urllib.parse import urlparse
 
 import aiohttp
 import numpy as np

@@ -57,7 +57,7 @@ def feast_server(settings: Settings, log: Path):
 
 
 def main() -> None:
-    seconds = float(os.environ.get("ETA_BENCH_SECONDS", 60))
+    seconds = float(os.environ.get("ETA_BENCH_SECONDS", "60"))
     settings = prepare()
     logs = settings.data_path / "logs"
     orders, feast = order_bodies(settings), feast_bodies(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 COLUMNS = ["target", "rate", "rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "errors", "degraded", "requests", "server_cpu_ms_per_request", "rps_per_core", "sender_late_p99_ms"]
 
@@ -18,4 +19,4 @@ def markdown(runs: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print(markdown(json.loads(open(sys.argv[1]).read())["runs"]))
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())["runs"]))

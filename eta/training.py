@@ -19,8 +19,8 @@ from feast import FeatureStore
 
 from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, model_inputs
 from eta.metrics import delivery_metrics, sliced_mae
-from eta.point_in_time import historical_features, reads_files
 from eta.orders import delivery_minutes
+from eta.point_in_time import historical_features, reads_files
 from eta.settings import TrainingSettings
 
 LABEL = "delivery_minutes"

@@ -14,8 +14,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from eta.feature_store import append_market_state_offline, can_push_market_state, feature_store, push_market_state
 from eta.api import EARLIEST
+from eta.feature_store import append_market_state_offline, can_push_market_state, feature_store, push_market_state
 from eta.ingest import ingest_batch, read_history
 from eta.orders import OrdersBatch, load_orders_file, validate_orders
 from eta.settings import Settings

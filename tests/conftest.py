@@ -34,6 +34,7 @@ import pytest  # noqa: E402
 
 from eta.settings import Settings, get_settings  # noqa: E402
 
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return get_settings()

@@ -58,7 +58,7 @@ def _store_orders(store, settings, store_id: int) -> float | None:
 
 
 def test_a_failed_run_is_retried_from_where_the_last_good_one_ended(redis_store, monkeypatch):
-    settings, store, orders = redis_store
+    settings, store, _ = redis_store
     overlap = timedelta(minutes=settings.features.materialize_overlap_minutes)
     resume = incremental_start(store, overlap)
     tables = write_feature_tables(settings)

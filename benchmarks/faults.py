@@ -97,7 +97,8 @@ def main() -> None:
         "max_ms": run.max_ms,
         "p99_ms": run.p99_ms,
         "p999_ms": run.p999_ms,
-        "sender_late_max_ms": run.sender_late_max_ms,  # the generator's own share of the slowest answer, at most
+        "sender_late_max_ms": run.sender_late_max_ms,  # the generator's own worst lateness in sending
+        "max_from_send_ms": run.max_from_send_ms,  # the slowest answer counted from its real sending
         "degraded_share": round(run.degraded / run.requests, 4),
         "redis_down_s": round(moments["restarted"] - moments["killed"], 2),
         "redis_start_s": round(moments["answering"] - moments["restarted"], 3),  # until it answered PING

@@ -43,6 +43,9 @@ class Run:
     server_cpu_ms_per_request: float | None = None  # CPU of every process of the server under test
     sender_late_p99_ms: float | None = None  # open loop: how late the generator itself sent requests
     sender_late_max_ms: float | None = None
+    # The slowest answer counted from when the generator really sent it: a stall of the generator (two
+    # cores shared with the server) moves max_ms but not this.
+    max_from_send_ms: float | None = None
 
     @property
     def rps_per_core(self) -> float | None:
@@ -104,10 +107,11 @@ async def _constant_rate(url: str, bodies: Sequence[bytes], rate: float, seconds
 
     async def one(i: int, due: float) -> None:
         nonlocal errors, degraded
-        lateness.append(time.perf_counter() - due)
+        sent = time.perf_counter()
         status, payload = await _send(session, url, bodies[i % len(bodies)], headers)
         done = time.perf_counter()
         latencies.append(done - due)
+        lateness.append(sent - due)
         errors += _failed(status)
         degraded += DEGRADED in payload
         if inspect is not None:
@@ -168,6 +172,7 @@ def constant_rate(target: str, url: str, bodies: Sequence[bytes], rate: float, s
     # How late the generator itself sent (part of every latency above): its precision, reported.
     late_ms = np.asarray(lateness) * 1000
     run.sender_late_p99_ms, run.sender_late_max_ms = round(float(np.percentile(late_ms, 99)), 2), round(float(late_ms.max()), 2)
+    run.max_from_send_ms = round(float((np.asarray(latencies) * 1000 - late_ms).max()), 2)
     return run
 
 

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from eta.api import Eta, Order, Quote, QuoteRequest
@@ -50,7 +52,11 @@ def redis_client(url: str, redis_type: str = "redis") -> aioredis.Redis | aiored
 
     TLS (`rediss://`) and the password come from the URL; a cluster pipelines per node.
     """
-    options = {"socket_connect_timeout": 0.05, "socket_timeout": 0.25, "max_connections": 64}
+    # One immediate retry: after Redis restarts, a pooled connection is dead and the retry reconnects at
+    # once. redis-py's default retries three times after random sleeps of up to 2, 4 and 8 s: a request's
+    # read is cut off by its 8 ms budget anyway, but background L2 writes held connections that long.
+    options = {"socket_connect_timeout": 0.05, "socket_timeout": 0.25, "max_connections": 64,
+               "retry": Retry(NoBackoff(), retries=1)}
     if redis_type == "redis_cluster":
         return aioredis.RedisCluster.from_url(url, **options)
     return aioredis.Redis.from_url(url, **options)

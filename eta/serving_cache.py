@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -20,14 +21,21 @@ V = TypeVar("V")
 _ABSENT = object()
 
 
+# Entries per shard of an ExpiringDict: a table's resize copies all its entries at once (~25 ms for one
+# OrderedDict of 200k), so big caches are split into tables of about this size (~0.5 ms each).
+SHARD_ENTRIES = 4096
+
+
 class ExpiringDict(Generic[K, V]):
-    """A bounded map whose entries expire: one dict of key -> (expiry, value).
+    """A bounded map whose entries expire: OrderedDicts of key -> (expiry, value), sharded by key hash.
 
     Built for the garbage collector rather than taken from cachetools: its caches keep a linked-list
     node object per key, and at a few hundred thousand entries each full collection walks them all
     (tens of ms, seen as p99.9 stalls of cold quotes). Here a string key and a tuple of numbers are
-    objects the collector stops tracking, so the cache costs collections nothing. When full, the
-    oldest entry goes (insertion order; a TTL bounds age anyway).
+    objects the collector stops tracking, and OrderedDict's links are C structs, not objects, so the
+    cache costs collections nothing. When a shard is full its oldest entry goes (insertion order; a
+    TTL bounds age anyway) in O(1): a plain dict's `next(iter(d))` walks every slot earlier deletions
+    emptied, tens of microseconds per insert once full (cold quotes at p99 70 ms after 40 s of traffic).
     """
 
     def __init__(self, maxsize: int, ttl_s: float | Callable[[K], float] = math.inf,
@@ -35,25 +43,32 @@ class ExpiringDict(Generic[K, V]):
         self.maxsize = maxsize
         self._ttl = ttl_s if callable(ttl_s) else (lambda _key: ttl_s)
         self._timer = timer
-        self._entries: dict[K, tuple[float, V]] = {}
+        shards = max(1, maxsize // SHARD_ENTRIES)
+        self._shards: list[OrderedDict[K, tuple[float, V]]] = [OrderedDict() for _ in range(shards)]
+        self._shard_max = maxsize // shards
+
+    def _shard(self, key: K) -> OrderedDict[K, tuple[float, V]]:
+        return self._shards[hash(key) % len(self._shards)]
 
     def get(self, key: K, default=None):
-        entry = self._entries.get(key)
+        entry = self._shard(key).get(key)
         if entry is None or entry[0] <= self._timer():
             return default
         return entry[1]
 
     def __setitem__(self, key: K, value: V) -> None:
-        self._entries.pop(key, None)
-        if len(self._entries) >= self.maxsize:
-            del self._entries[next(iter(self._entries))]
-        self._entries[key] = (self._timer() + self._ttl(key), value)
+        shard = self._shard(key)
+        shard.pop(key, None)
+        if len(shard) >= self._shard_max:
+            shard.popitem(last=False)
+        shard[key] = (self._timer() + self._ttl(key), value)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(shard) for shard in self._shards)
 
     def clear(self) -> None:
-        self._entries.clear()
+        for shard in self._shards:
+            shard.clear()
 
 
 class CoalescingCache(Generic[K, V]):

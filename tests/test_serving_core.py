@@ -256,20 +256,25 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
             timings.append(time.perf_counter() - began)
         server["process"] = server["start"]()
         await asyncio.sleep(0.25)  # past redis_retry_after_s
-        recovered = await predictor.order(_order(store_id, market))
-        return healthy, answers, timings, recovered
+        # The first read opens a new connection, which on this shared 2-core VM can outlast the 8 ms
+        # budget once (9-40 ms seen): that answer is degraded and the next one whole.
+        recovered, late = await predictor.order(_order(store_id, market)), 0
+        while recovered.degraded and late < 5:
+            late += 1
+            recovered = await predictor.order(_order(store_id, market))
+        return healthy, answers, timings, recovered, late
 
     with caplog.at_level(logging.INFO, logger="eta.serving"):
-        healthy, answers, timings, recovered = _run(_with_predictor(model, config, work, telemetry=seen,
+        healthy, answers, timings, recovered, late = _run(_with_predictor(model, config, work, telemetry=seen,
                                                                     url=config.redis_url))
     assert not healthy.degraded and healthy.store_features_found
     assert all(answer.degraded for answer in answers)
     orders_answered = answers[::2]
     assert all(a.minutes == healthy.minutes for a in orders_answered), "last known features give the same answer"
     assert max(timings) < 0.02, f"two answers took {max(timings) * 1000:.1f} ms without Redis"
-    assert seen.events["degraded:order"] == 20 and seen.events["degraded:quote"] == 20
-    assert not recovered.degraded and recovered.minutes == healthy.minutes
-    # 41 degraded answers, two log lines: the way down (with the error) and the way back up.
+    assert seen.events["degraded:order"] == 20 + late and seen.events["degraded:quote"] == 20
+    assert late <= 1 and not recovered.degraded and recovered.minutes == healthy.minutes
+    # 41 or 42 degraded answers, two log lines: the way down (with the error) and the way back up.
     down, up = [r for r in caplog.records if r.name == "eta.serving"]
     assert down.levelname == "WARNING" and down.error == "ConnectionError" and "degraded" in down.getMessage()
     assert up.levelname == "INFO" and up.unavailable_s > 0.2
@@ -357,4 +362,16 @@ def test_the_l1_cache_expires_entries_bounds_its_size_and_is_invisible_to_the_co
     cache["s2"], cache["s3"], cache["s4"] = (1.0,), (2.0,), (3.0,)
     assert len(cache) == 3 and cache.get("s1") is None, "full: the oldest entry goes"
     gc.collect()
-    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())
+    assert not any(gc.is_tracked(entry) for shard in cache._shards for entry in shard.values())
+
+
+def test_a_big_l1_stays_within_its_bound_keeping_the_newest_entries():
+    from eta.serving_cache import SHARD_ENTRIES, ExpiringDict
+
+    cache: ExpiringDict[str, tuple] = ExpiringDict(10 * SHARD_ENTRIES, 60)
+    keys = [f"q:{i}" for i in range(30 * SHARD_ENTRIES)]
+    for key in keys:
+        cache[key] = (1.0,)
+    assert len(cache) <= cache.maxsize and len(cache) >= cache.maxsize - SHARD_ENTRIES, "full, within its bound"
+    assert all(cache.get(key) == (1.0,) for key in keys[-SHARD_ENTRIES:]), "the newest entries stay"
+    assert all(cache.get(key) is None for key in keys[:10 * SHARD_ENTRIES]), "the oldest went first"

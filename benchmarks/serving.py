@@ -29,6 +29,7 @@ from flows.service_process import bento_server, settings_env
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 SERVICE = "bentos.eta_service:EtaOrder"
 ORDER_RATE, QUOTE_RATE, FEAST_RATE, QUOTE_STORES, SATURATION_CLIENTS = 500, 100, 300, 50, 4
+QUOTE_FILL_RATE = 150
 
 
 @contextlib.contextmanager
@@ -61,7 +62,11 @@ def main() -> None:
     settings = prepare()
     logs = settings.data_path / "logs"
     orders, feast = order_bodies(settings), feast_bodies(settings)
-    cold = quote_bodies(settings, int(QUOTE_RATE * seconds / 2) + 1, QUOTE_STORES, cold=True)
+    # Cold pages run on a worker that has served a while: first enough other cold pages to fill its L1
+    # (then every miss evicts, the steady state of a long-running worker at peak).
+    filling = int(1.1 * settings.serving.l1_max_entries / QUOTE_STORES)
+    pages = quote_bodies(settings, filling + int(QUOTE_RATE * seconds / 2) + 1, QUOTE_STORES, cold=True)
+    fill, cold = pages[:filling], pages[filling:]
     warm = quote_bodies(settings, 20, QUOTE_STORES, cold=False, seed=1)
     runs: list[Run] = []
 
@@ -74,6 +79,7 @@ def main() -> None:
         record(constant_rate("eta_order", f"{url}/eta/order", orders, ORDER_RATE, seconds))
         record(saturate("eta_order", f"{url}/eta/order", orders, SATURATION_CLIENTS, seconds / 2))
     with bento_server(SERVICE, settings, logs / "bench-quote.log", service="EtaQuote") as url:
+        constant_rate("fill-l1", f"{url}/eta/quote", fill, QUOTE_FILL_RATE, filling / QUOTE_FILL_RATE)
         record(constant_rate("eta_quote_cold", f"{url}/eta/quote", cold, QUOTE_RATE, seconds / 2))
         constant_rate("warm-up", f"{url}/eta/quote", warm, QUOTE_RATE, 1)
         record(constant_rate("eta_quote_warm", f"{url}/eta/quote", warm, QUOTE_RATE, seconds / 2))

@@ -21,7 +21,7 @@ import pandas as pd
 
 from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, epoch_seconds, model_inputs
 from eta.settings import get_settings
-from eta.training import LABEL, lightgbm_params, split_by_time, train_eta_model
+from eta.training import LABEL, lightgbm_params, platform_estimate_minutes, split_by_time, train_eta_model
 from flows.common import namespace_for
 
 ORDERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "doordash_orders_sample.csv"
@@ -43,7 +43,7 @@ def market_neighbours(frame: pd.DataFrame, minutes: float) -> tuple[np.ndarray, 
     within +/- `minutes` of each order: the answer key of the orders around it, future ones included."""
     seconds = epoch_seconds(frame["created_at"])
     actual = frame[LABEL].to_numpy()
-    overrun = actual - _platform_minutes(frame)
+    overrun = actual - platform_estimate_minutes(frame)
     mean, mean_overrun = np.full(len(frame), np.nan), np.full(len(frame), np.nan)
     for rows in frame.groupby("market_id").indices.values():
         rows = rows[np.argsort(seconds[rows], kind="stable")]
@@ -75,11 +75,6 @@ def still_on_the_road(frame: pd.DataFrame, older_min: float = 30, newer_min: flo
             if end - start >= 2:
                 share[rows[i]] = float(np.mean(done[start:end] > t[i]))
     return share
-
-
-def _platform_minutes(frame: pd.DataFrame) -> np.ndarray:
-    seconds = frame["estimated_order_place_duration"] + frame["estimated_store_to_consumer_driving_duration"]
-    return seconds.to_numpy(dtype=float) / 60
 
 
 def _mae(predicted: np.ndarray, actual: np.ndarray) -> float:

@@ -178,9 +178,9 @@ def score(model: EtaModel, frame: pd.DataFrame) -> dict[str, object]:
 def baselines(split: TimeSplit) -> dict[str, dict[str, float]]:
     """What a model must beat: the training median, and the platform's own estimate plus a fitted constant."""
     actual = split.holdout[LABEL].to_numpy()
-    train_estimate = _platform_estimate(split.train)
+    train_estimate = platform_estimate_minutes(split.train)
     constant = float(np.nanmedian(split.train[LABEL].to_numpy() - train_estimate))
-    estimate = _platform_estimate(split.holdout) + constant
+    estimate = platform_estimate_minutes(split.holdout) + constant
     estimate = np.where(np.isnan(estimate), np.nanmedian(estimate), estimate)
     return {
         "naive_median": delivery_metrics(actual, np.full_like(actual, split.train[LABEL].median())),
@@ -188,6 +188,7 @@ def baselines(split: TimeSplit) -> dict[str, dict[str, float]]:
     }
 
 
-def _platform_estimate(frame: pd.DataFrame) -> np.ndarray:
+def platform_estimate_minutes(frame: pd.DataFrame) -> np.ndarray:
+    """The dataset's own estimate of each order's duration: placing it plus the drive, in minutes."""
     seconds = frame["estimated_order_place_duration"] + frame["estimated_store_to_consumer_driving_duration"]
     return seconds.to_numpy(dtype=float) / 60

@@ -3,7 +3,10 @@
 It also turns BentoML's 400 for a refused request body into the 422 API clients expect.
 
 Pure ASGI (not Starlette's BaseHTTPMiddleware, which costs a task per request). Health, readiness,
-metrics and the docs stay open so probes and scrapers need no secret.
+metrics and the API docs stay open so probes and scrapers need no secret. The docs are BentoML's
+Swagger UI: the page at `/`, its assets under `/static_content/` and the OpenAPI spec at `/docs.json`,
+all open or the page renders blank; the spec describes the request shapes only, never data, and every
+route that answers with data stays behind the key.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 
 from eta.settings import ServingSettings
 
-OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/openapi.json", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/"})
+# Starlette's StaticFiles serves only files inside its folder (`..` answers 404), so the prefix opens no route.
+OPEN_PREFIX = "/static_content/"
 
 
 class Guard:
@@ -23,7 +28,7 @@ class Guard:
         self.max_body_bytes = config.max_body_bytes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIX):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         if self.api_key is not None and not self._authorised(headers):

@@ -145,6 +145,15 @@ def staleness(namespace: Namespace = None) -> None:
     _print(online_staleness(_namespaced(namespace), FEATURE_VIEWS))
 
 
+@app.command("feast-config")
+def feast_config(namespace: Namespace = None,
+                 out: Optional[Path] = typer.Option(None, file_okay=False, help="Folder for feature_store.yaml; default .eta/<namespace>/feast")) -> None:
+    """Write the namespace's feature_store.yaml for Feast's own CLI and UI (no secret in it)."""
+    from flows.feast_config import write_feast_config
+
+    _print(write_feast_config(_namespaced(namespace), out))
+
+
 def _namespaced(namespace: str | None):
     return get_settings() if namespace is None else get_settings().in_namespace(namespace)
 

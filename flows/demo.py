@@ -44,7 +44,7 @@ def main() -> None:
 
     orders = read_history(settings).tail(3)
     with bento_server(result["build"], settings, settings.data_path / "logs" / "bento.log") as url:
-        print(f"== Bento {result['build']} serving at {url} (OpenAPI docs at {url}/docs)")
+        print(f"== Bento {result['build']} serving at {url} (API docs at {url}/, the OpenAPI spec at {url}/docs.json)")
         for body in orders[ORDER_REQUEST_FIELDS].to_dict("records"):
             sent = time.perf_counter()
             answer = httpx.post(f"{url}/eta/order", json=body, timeout=10).json()

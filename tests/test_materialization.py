@@ -7,8 +7,9 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 import redis
+from feast.infra.online_stores.redis import RedisOnlineStore
 
-from eta.feature_store import incremental_start, materialize
+from eta.feature_store import feature_store, incremental_start, materialize
 from eta.feature_tables import write_feature_tables
 from eta.ingest import ingest_batch
 from eta.orders import validate_orders
@@ -57,19 +58,52 @@ def _store_orders(store, settings, store_id: int) -> float | None:
                                      entity_rows=[{"store_id": store_id}]).to_dict()["store_orders_28d"][0]
 
 
+NEW_STORES = range(9_101, 9_107)
+
+
 def test_a_failed_run_is_retried_from_where_the_last_good_one_ended(redis_store, monkeypatch):
-    settings, store, _ = redis_store
+    settings, store, orders = redis_store
     overlap = timedelta(minutes=settings.features.materialize_overlap_minutes)
     resume = incremental_start(store, overlap)
+    last_end = resume + overlap
+    recorded = _intervals(store, "store_history")
+    # Six stores' first orders, delivered after the last good run ended: the next run must bring them in.
+    new = pd.concat([_late_order(orders, store_id, pd.Timestamp(last_end) + pd.Timedelta(minutes=10 * (i + 1)))
+                     for i, store_id in enumerate(NEW_STORES)], ignore_index=True)
+    ingest_batch(validate_orders(new, settings.validation), settings)
     tables = write_feature_tables(settings)
 
-    def broken(*args, **kwargs):
-        raise ConnectionError("Redis went away mid-run")
+    # Redis goes away in the middle of the store-history write: the first three new stores' rows (and
+    # the overlap's older rows) reach the real Redis, then the connection is lost.
+    real_write = RedisOnlineStore.online_write_batch
+    reached = set(NEW_STORES[:3])
 
-    monkeypatch.setattr(type(store), "materialize", broken)
-    with pytest.raises(ConnectionError):
+    def write_part_then_lose_redis(self, config, table, data, progress):
+        if table.name != "store_history":
+            return real_write(self, config, table, data, progress)
+        written = [row for row in data if _store_id(row) not in NEW_STORES or _store_id(row) in reached]
+        real_write(self, config, table, written, progress)
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(RedisOnlineStore, "online_write_batch", write_part_then_lose_redis)
+    with pytest.raises(redis.ConnectionError):
         apply_and_materialize.fn(tables, settings, full=False)
     monkeypatch.undo()
-    from eta.feature_store import feature_store
+    online = [_store_orders(store, settings, s) for s in NEW_STORES]
+    assert online == [1.0, 1.0, 1.0, None, None, None], "the run failed mid-way"
+    fresh = feature_store(settings, "redis")
+    assert _intervals(fresh, "store_history") == recorded, "nothing recorded for the failed run"
+    assert incremental_start(fresh, overlap) == resume
 
-    assert incremental_start(feature_store(settings, "redis"), overlap) == resume, "nothing recorded for the failed run"
+    retried = apply_and_materialize.fn(tables, settings, full=False)
+    assert retried["incremental"] and retried["materialized_from"] == resume, "retried from the last good run's end"
+    assert [_store_orders(store, settings, s) for s in NEW_STORES] == [1.0] * len(NEW_STORES)
+    assert incremental_start(feature_store(settings, "redis"), overlap) == tables["end"].to_pydatetime() - overlap
+
+
+def _store_id(row) -> int:
+    return row[0].entity_values[0].int64_val
+
+
+def _intervals(store, view: str) -> list:
+    return store.get_feature_view(view).materialization_intervals

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from eta.features import STORE_HISTORY_FEATURES
 
 SHARED_ORDERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "doordash_orders_sample.csv"
+
+
+def shared_orders() -> Path:
+    """The shared DoorDash sample (it lives outside the repository): missing, a CI run (`CI=true`) fails, naming
+    the path, so no clone runs green with the real-data tests unrun; only a local run skips them."""
+    if SHARED_ORDERS.exists():
+        return SHARED_ORDERS
+    missing = f"the shared DoorDash sample {SHARED_ORDERS} is missing"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(missing, pytrace=False)
+    pytest.skip(f"{missing} (a local run; with CI=true this fails)")
 
 
 def fixed_store_history(frame: pd.DataFrame, orders: float = 20.0, mean: float = 45.0, p90: float = 60.0) -> pd.DataFrame:

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from eta.ingest import read_history
-from eta.registry import list_models, production_tag
+from eta.registry import list_models, load_model, model_metadata, production_tag, save_model
 from eta.settings import PROJECT_ROOT
-from tests.helpers import SHARED_ORDERS
+from tests.helpers import shared_orders
 
-pytestmark = pytest.mark.skipif(not SHARED_ORDERS.exists(), reason="the shared DoorDash sample lives outside the repository")
 NAMESPACE = "eta_doordash_orders_sample"
 REQUIRED = ["mae_min", "rmse_min", "p90_abs_err_min", "within_5_min", "within_10_min", "under_prediction_rate",
             "interval_coverage_80", "n_orders"]
@@ -31,8 +30,13 @@ def eta(*args: str, api_url: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(prefect_server, pipeline_result) -> dict:
-    return eta("train", "--orders", str(SHARED_ORDERS), "--train-until", "2015-02-11", api_url=prefect_server)
+def orders_file() -> Path:
+    return shared_orders()
+
+
+@pytest.fixture(scope="module")
+def trained(orders_file, prefect_server, pipeline_result) -> dict:
+    return eta("train", "--orders", str(orders_file), "--train-until", "2015-02-11", api_url=prefect_server)
 
 
 def test_train_on_the_real_sample_beats_both_baselines_with_a_calibrated_range(trained):
@@ -44,8 +48,8 @@ def test_train_on_the_real_sample_beats_both_baselines_with_a_calibrated_range(t
     assert set(trained["metrics"]["by_market"]) == {"1", "2", "3", "4", "5", "6"}
 
 
-def test_evaluate_prints_the_metrics_json_of_the_production_model(trained, prefect_server, settings):
-    evaluated = eta("evaluate", "--orders", str(SHARED_ORDERS), "--since", "2015-02-11", api_url=prefect_server)
+def test_evaluate_prints_the_metrics_json_of_the_production_model(trained, orders_file, prefect_server, settings):
+    evaluated = eta("evaluate", "--orders", str(orders_file), "--since", "2015-02-11", api_url=prefect_server)
     assert set(REQUIRED) <= set(evaluated)
     assert evaluated["model"] == trained["model"] == production_tag(settings.in_namespace(NAMESPACE))
     assert evaluated["n_orders"] == trained["metrics"]["n_orders"]
@@ -60,13 +64,21 @@ def test_real_and_simulated_orders_never_mix(trained, settings):
     assert all(row["tag"].startswith(real.model_name) for row in list_models(real))
 
 
-def test_models_commands_roll_back_and_promote(trained, prefect_server, settings):
+def test_models_commands_promote_another_model_and_roll_back(trained, prefect_server, settings):
     real = settings.in_namespace(NAMESPACE)
-    listed = eta("models", "list", "--namespace", NAMESPACE, api_url=prefect_server)
-    assert listed[0]["tag"] == trained["model"] and listed[0]["production"]
+    first = trained["model"]
+    # A second model of this namespace, not in production: the trained one stored again under a new tag.
+    second = save_model(load_model(first), model_metadata(first), real, labels={"gate": "refused"})
+    api = prefect_server
+
+    def production() -> dict[str, bool]:
+        return {row["tag"]: row["production"] for row in eta("models", "list", "--namespace", NAMESPACE, api_url=api)}
+
+    assert production() == {first: True, second: False}
+    assert eta("models", "promote", second, "--namespace", NAMESPACE, api_url=api) == {"production": second}
+    assert production_tag(real) == second and production() == {first: False, second: True}
+    assert eta("models", "rollback", "--namespace", NAMESPACE, api_url=api) == {"production": first}
+    assert production_tag(real) == first and production() == {first: True, second: False}
     with pytest.raises(AssertionError, match="no earlier production model"):
-        eta("models", "rollback", "--namespace", NAMESPACE, api_url=prefect_server)
-    assert eta("models", "promote", trained["model"], "--namespace", NAMESPACE, api_url=prefect_server) == {
-        "production": trained["model"]
-    }
-    assert production_tag(real) == trained["model"]
+        eta("models", "rollback", "--namespace", NAMESPACE, api_url=api)
+    assert production_tag(real) == first

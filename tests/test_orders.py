@@ -12,7 +12,7 @@ from eta.ingest import BatchRejected, ingest_batch, read_history
 from eta.orders import ORDER_COLUMNS, delivery_minutes, load_orders_file, validate_orders
 from eta.settings import SimulationSettings
 from eta.simulate import simulate_orders
-from tests.helpers import SHARED_ORDERS
+from tests.helpers import shared_orders
 
 SMALL = SimulationSettings(markets=2, stores=20, days=7, orders_per_store_day=10, seed=3)
 
@@ -56,9 +56,8 @@ def test_file_without_the_layout_is_refused_naming_the_missing_columns(tmp_path:
         load_orders_file(path, settings.validation)
 
 
-@pytest.mark.skipif(not SHARED_ORDERS.exists(), reason="the shared DoorDash sample lives outside the repository")
 def test_real_doordash_sample_loads_with_every_row_accounted_for(settings):
-    batch = load_orders_file(SHARED_ORDERS, settings.validation)
+    batch = load_orders_file(shared_orders(), settings.validation)
     assert batch.report["rows_in"] == 19_743
     assert len(batch.accepted) + len(batch.rejected) == 19_743
     assert len(batch.rejected) < 0.02 * 19_743

@@ -26,8 +26,13 @@ $(CRUCIBLE):
 demo: venv
 	$(BIN)/python -m flows.demo
 
+# The browser tests render pages in Debian's chromium (tests/test_browser.py).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	(apt-get update -qq && apt-get install -y -qq chromium) || { echo "tests need Debian's chromium at $@: apt-get install chromium" >&2; exit 1; }
+
 ## Run the whole test suite against the real Redis, Prefect server and `bentoml serve`.
-test: venv $(CRUCIBLE)
+test: venv $(CRUCIBLE) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 ## Recompile requirements.lock after editing requirements.in.

@@ -30,8 +30,24 @@ def delivery_metrics(
     return metrics
 
 
-def sliced_mae(actual: np.ndarray, point: np.ndarray, slices: pd.Series) -> dict[str, dict[str, float]]:
-    """MAE and order count per value of `slices` (a market, an hour of day)."""
-    frame = pd.DataFrame({"abs_err": np.abs(point - actual), "slice": slices.to_numpy()})
-    grouped = frame.groupby("slice")["abs_err"].agg(["mean", "size"])
-    return {str(key): {"mae_min": float(row["mean"]), "n_orders": int(row["size"])} for key, row in grouped.iterrows()}
+def sliced_metrics(
+    actual: np.ndarray, point: np.ndarray, lower: np.ndarray, upper: np.ndarray, slices: pd.Series
+) -> dict[str, dict[str, float]]:
+    """Per value of `slices` (a market, an hour of day): orders, MAE, and the range's coverage and mean width.
+
+    The order count is given as both `n` and `n_orders` (the name earlier models' metadata uses).
+    """
+    frame = pd.DataFrame({
+        "abs_err": np.abs(point - actual),
+        "covered": (actual >= lower) & (actual <= upper),
+        "width": upper - lower,
+        "slice": slices.to_numpy(),
+    })
+    grouped = frame.groupby("slice").agg(
+        n=("abs_err", "size"), mae=("abs_err", "mean"), covered=("covered", "mean"), width=("width", "mean")
+    )
+    return {
+        str(key): {"n": int(row["n"]), "n_orders": int(row["n"]), "mae_min": float(row["mae"]),
+                   "interval_coverage_80": float(row["covered"]), "mean_interval_width_min": float(row["width"])}
+        for key, row in grouped.iterrows()
+    }

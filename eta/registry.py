@@ -47,6 +47,7 @@ def save_model(model: EtaModel, metadata: dict[str, object], settings: Settings,
             "features": MODEL_FEATURES,
             "feature_service": settings.feature_service,
             "log_range": [model.log_lower, model.log_upper],
+            "market_log_range": {f"{market:g}": list(offsets) for market, offsets in model.market_log_range.items()},
             "typical_order": model.typical_order,
             "code_version": code_version(),
         },
@@ -61,10 +62,15 @@ def load_model(tag: str) -> EtaModel:
 
 
 def load_model_from(path: Path, metadata: dict[str, object]) -> EtaModel:
-    """A stored model from its folder and metadata (also how a Bento loads the model it packs)."""
+    """A stored model from its folder and metadata (also how a Bento loads the model it packs).
+
+    A model stored before ranges were calibrated per market has no `market_log_range`: every market gets its global range.
+    """
     log_lower, log_upper = metadata["log_range"]
     typical = {name: float(value) for name, value in dict(metadata.get("typical_order", {})).items()}
-    return EtaModel(lgb.Booster(model_file=str(path / MODEL_FILE)), float(log_lower), float(log_upper), typical)
+    by_market = {float(market): (float(low), float(high))
+                 for market, (low, high) in dict(metadata.get("market_log_range", {})).items()}
+    return EtaModel(lgb.Booster(model_file=str(path / MODEL_FILE)), float(log_lower), float(log_upper), typical, by_market)
 
 
 def model_metadata(tag: str) -> dict[str, object]:
@@ -189,6 +195,11 @@ def gate(
     low, high = config.coverage_band
     coverage = float(challenger["interval_coverage_80"])
     check("interval coverage in band", low <= coverage <= high, f"{coverage:.3f} in [{low}, {high}]")
+    judged = {market: row for market, row in challenger["by_market"].items() if row["n"] >= config.min_market_orders}
+    outside = [f"market {market}: {row['interval_coverage_80']:.3f} ({row['n']} orders)" for market, row in judged.items()
+               if not low <= row["interval_coverage_80"] <= high]
+    check("interval coverage in band per market", not outside, "; ".join(outside)
+          or f"{len(judged)} markets with >= {config.min_market_orders} orders in [{low}, {high}]")
     check("behavioural tests", not behaviour, "; ".join(behaviour) or "all pass")
     failed = [c["check"] for c in checks if not c["passed"]]
     reason = "passed every check" if not failed else "refused: " + ", ".join(failed)

@@ -50,12 +50,17 @@ class TrainingSettings(BaseModel):
     num_leaves: int = Field(31, ge=2)
     min_data_in_leaf: int = Field(40, ge=1)
     dask_scheduler: str | None = None  # "local" for a LocalCluster, or a scheduler address; None trains in-process
+    # The range per market: a market's own conformal offsets weigh n / (n + market_range_shrinkage) against the
+    # global ones (n: its calibration orders); with fewer than market_range_min_orders it keeps the global range.
+    market_range_min_orders: int = Field(30, ge=10)
+    market_range_shrinkage: float = Field(200, ge=0)
 
 
 class GateSettings(BaseModel):
     mae_margin: float = Field(0.0, ge=0)  # challenger must beat the champion's MAE by more than this (minutes)
     market_regression_limit: float = Field(0.05, ge=0)  # no market's MAE may grow by more than this share
     coverage_band: tuple[float, float] = (0.75, 0.85)  # held-out coverage of the calibrated interval
+    min_market_orders: int = Field(100, ge=1)  # each market with this many held-out orders must cover within the band too
 
 
 class DriftSettings(BaseModel):

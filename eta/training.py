@@ -5,11 +5,14 @@ the median, which is what minimises MAE). Monotone constraints keep a longer dri
 a busier market from ever shortening an ETA; LightGBM refuses monotone constraints with its quantile
 objective, so the range is not two more quantile models but split-conformal quantiles of the log
 residuals, fitted on a calibration window the model never saw: multiplicative, so it stays monotone too,
-and it covers the asked share (80%) of orders like the calibration window's.
+and it covers the asked share (80%) of orders like the calibration window's. The offsets are calibrated per
+market (Mondrian split-conformal), so the range covers 80% in each market, not only on average: a market's
+own quantiles are shrunk toward the global ones by how few calibration orders it has.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -18,7 +21,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, model_inputs
-from eta.metrics import delivery_metrics, sliced_mae
+from eta.metrics import delivery_metrics, sliced_metrics
 from eta.orders import delivery_minutes
 from eta.point_in_time import historical_features, reads_files
 from eta.settings import TrainingSettings
@@ -116,26 +119,67 @@ def lightgbm_params(config: TrainingSettings) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class EtaModel:
-    """The point model (log-minutes) and the conformal range as log offsets around it."""
+    """The point model (log-minutes) and the conformal range as log offsets around it, global and per market."""
 
     point: lgb.Booster
     log_lower: float
     log_upper: float
     typical_order: dict[str, float] = field(default_factory=dict)  # what a quote assumes before the basket exists
+    market_log_range: dict[float, tuple[float, float]] = field(default_factory=dict)  # other markets: the global range
+    _factors: dict[float, tuple[float, float]] = field(init=False, repr=False, compare=False)
+    _global_factors: tuple[float, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Multipliers of the point ETA, computed once: a request pays one dict lookup for its market's range.
+        object.__setattr__(self, "_factors", {float(market): (math.exp(low), math.exp(high))
+                                              for market, (low, high) in self.market_log_range.items()})
+        object.__setattr__(self, "_global_factors", (math.exp(self.log_lower), math.exp(self.log_upper)))
 
     def predict(self, inputs: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point ETA, lower and upper end of the range, in minutes (`threads=1` for one request: no pool wake-up)."""
         point = np.exp(self.point.predict(inputs, num_threads=threads))
-        return point, point * np.exp(self.log_lower), point * np.exp(self.log_upper)
+        low, high = self.range_factors(inputs[:, MARKET_COLUMN])
+        return point, point * low, point * high
+
+    def range_factors(self, markets: np.ndarray) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """Each row's range as multipliers of its point ETA: its market's, or the global one for a market not calibrated."""
+        if len(markets) == 1 or (len(markets) and markets.min() == markets.max()):  # an order, a restaurant page
+            return self._factors.get(float(markets[0]), self._global_factors)
+        values, rows = np.unique(markets, return_inverse=True)
+        factors = np.array([self._factors.get(float(m), self._global_factors) for m in values]).reshape(-1, 2)
+        return factors[rows, 0], factors[rows, 1]
 
 
-def conformal_offsets(booster: lgb.Booster, calibration: pd.DataFrame, interval: float) -> tuple[float, float]:
-    """Split-conformal quantiles of log(actual / predicted), with the finite-sample correction."""
-    residuals = np.log(calibration[LABEL].to_numpy()) - booster.predict(model_inputs(calibration))
+def conformal_offsets(residuals: np.ndarray, interval: float) -> tuple[float, float]:
+    """Split-conformal quantiles of log(actual / predicted): the finite-sample corrected order statistics.
+
+    The floor((n+1) * tail)-th and ceil((n+1) * (1 - tail))-th smallest residuals, no further out: the
+    narrowest ends that still cover the asked share of a new order exchangeable with these.
+    """
     n, tail = len(residuals), (1 - interval) / 2
-    low = np.quantile(residuals, max(0.0, np.floor((n + 1) * tail) / n), method="lower")
-    high = np.quantile(residuals, min(1.0, np.ceil((n + 1) * (1 - tail)) / n), method="higher")
+    ordered = np.sort(residuals)
+    low = ordered[min(max(math.floor((n + 1) * tail), 1), n) - 1]
+    high = ordered[min(max(math.ceil((n + 1) * (1 - tail)), 1), n) - 1]
     return float(min(low, 0.0)), float(max(high, 0.0))
+
+
+def market_offsets(
+    residuals: np.ndarray, markets: np.ndarray, overall: tuple[float, float], config: TrainingSettings
+) -> dict[float, tuple[float, float]]:
+    """Mondrian split-conformal: each market's own offsets, shrunk toward the global ones where it has few orders.
+
+    A market with n calibration orders gets w * own + (1 - w) * global, w = n / (n + market_range_shrinkage):
+    its own tail quantiles are noisy when n is small. Below `market_range_min_orders` it keeps the global range.
+    """
+    ranges = {}
+    for market in np.unique(markets[~np.isnan(markets)]):
+        own = residuals[markets == market]
+        if len(own) < config.market_range_min_orders:
+            continue
+        weight = len(own) / (len(own) + config.market_range_shrinkage)
+        low, high = conformal_offsets(own, config.interval)
+        ranges[float(market)] = (weight * low + (1 - weight) * overall[0], weight * high + (1 - weight) * overall[1])
+    return ranges
 
 
 def fit_booster(train: pd.DataFrame, config: TrainingSettings) -> lgb.Booster:
@@ -152,11 +196,15 @@ def train_eta_model(split: TimeSplit, config: TrainingSettings) -> EtaModel:
     """Calibrate the range with a model that never saw the calibration window, then refit on both windows.
 
     The marketplace drifts, so the days just before the holdout are the most valuable to learn from; the
-    refit keeps them, and the gate checks on the untouched holdout that the range still covers.
+    refit keeps them, and the gate checks on the untouched holdout that the range still covers, overall
+    and in each market.
     """
-    offsets = conformal_offsets(fit_booster(split.train, config), split.calibration, config.interval)
+    inputs = model_inputs(split.calibration)
+    residuals = np.log(split.calibration[LABEL].to_numpy()) - fit_booster(split.train, config).predict(inputs)
+    overall = conformal_offsets(residuals, config.interval)
+    by_market = market_offsets(residuals, inputs[:, MARKET_COLUMN], overall, config)
     seen = pd.concat([split.train, split.calibration], ignore_index=True)
-    return EtaModel(fit_booster(seen, config), *offsets, typical_order=typical_order(seen))
+    return EtaModel(fit_booster(seen, config), *overall, typical_order=typical_order(seen), market_log_range=by_market)
 
 
 def typical_order(frame: pd.DataFrame) -> dict[str, float]:
@@ -165,13 +213,13 @@ def typical_order(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def score(model: EtaModel, frame: pd.DataFrame) -> dict[str, object]:
-    """Every metric of `model` on `frame`, with per-market and per-hour slices."""
-    point, lower, upper = model.predict(model_inputs(frame))
+    """Every metric of `model` on `frame`, with per-market and per-hour slices (range coverage and width in each)."""
+    point, lower, upper = predict_frame(model, frame)
     actual = frame[LABEL].to_numpy()
     return {
         **delivery_metrics(actual, point, lower, upper),
-        "by_market": sliced_mae(actual, point, frame["market_id"]),
-        "by_hour": sliced_mae(actual, point, frame["created_at"].dt.hour),
+        "by_market": sliced_metrics(actual, point, lower, upper, frame["market_id"]),
+        "by_hour": sliced_metrics(actual, point, lower, upper, frame["created_at"].dt.hour),
     }
 
 

@@ -20,7 +20,8 @@ FAST = TrainingSettings(num_boost_round=60, holdout_days=2, calibration_days=2)
 
 
 def _scored(mae: float, coverage: float = 0.8, markets: dict[str, float] | None = None) -> dict:
-    by_market = {m: {"mae_min": v, "n_orders": 100} for m, v in (markets or {"1": mae, "2": mae}).items()}
+    by_market = {m: {"mae_min": v, "n": 100, "n_orders": 100, "interval_coverage_80": coverage}
+                 for m, v in (markets or {"1": mae, "2": mae}).items()}
     return {"mae_min": mae, "interval_coverage_80": coverage, "by_market": by_market}
 
 

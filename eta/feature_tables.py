@@ -5,16 +5,14 @@ from __future__ import annotations
 import pandas as pd
 
 from eta.features import market_state, store_history
-from eta.ingest import read_history
+from eta.ingest import held_history
 from eta.settings import Settings
 from eta.storage import write_table
 
 
 def write_feature_tables(settings: Settings) -> dict[str, object]:
     """Recompute store history and market state from all orders held; returns row counts and the data window."""
-    orders = read_history(settings)
-    if orders.empty:
-        raise ValueError(f"no orders held at {settings.orders_path}: ingest orders first")
+    orders = held_history(settings)
     tables = {
         "store_history": store_history(orders),
         "market_state": market_state(orders),

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
 
+from eta.errors import UserError
 from eta.settings import ValidationSettings
 
 MARKET_STATE_COLUMNS = ["total_onshift_dashers", "total_busy_dashers", "total_outstanding_orders"]
@@ -100,11 +102,15 @@ def orders_schema(limits: ValidationSettings) -> pa.DataFrameSchema:
     )
 
 
-def _coerce(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+def _coerce(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.Series]:
     """Parse text columns into the schema's types; a value that does not parse becomes a reason, not a NaN."""
     missing = [c for c in ORDER_COLUMNS if c not in raw.columns]
+    if len(missing) == len(ORDER_COLUMNS):
+        raise UserError(f"{source} is not in DoorDash's layout (its columns: {', '.join(map(str, raw.columns))}), "
+                        f"expected the columns {', '.join(ORDER_COLUMNS)}")
     if missing:
-        raise ValueError(f"orders file lacks columns {missing}; expected DoorDash's layout: {ORDER_COLUMNS}")
+        raise UserError(f"{source} lacks the columns {', '.join(missing)}, expected DoorDash's layout: "
+                        f"{', '.join(ORDER_COLUMNS)}")
     frame = raw[ORDER_COLUMNS].copy()
     reasons = pd.Series("", index=frame.index, dtype=object)
     for column in [*NUMERIC_COLUMNS, *TIMESTAMP_COLUMNS]:
@@ -128,9 +134,12 @@ def _describe(case: object) -> str:
     return f"{case.column}: {case.check}{value}"
 
 
-def validate_orders(raw: pd.DataFrame, limits: ValidationSettings) -> OrdersBatch:
-    """Split a batch into accepted orders (typed, with `order_id`) and rejected rows with their reasons."""
-    frame, reasons = _coerce(raw.reset_index(drop=True))
+def validate_orders(raw: pd.DataFrame, limits: ValidationSettings, source: str = "the orders") -> OrdersBatch:
+    """Split a batch into accepted orders (typed, with `order_id`) and rejected rows with their reasons.
+
+    `source` names the batch in the error a batch without DoorDash's columns raises.
+    """
+    frame, reasons = _coerce(raw.reset_index(drop=True), source)
     try:
         orders_schema(limits).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as errors:
@@ -150,10 +159,18 @@ def validate_orders(raw: pd.DataFrame, limits: ValidationSettings) -> OrdersBatc
 
 def read_orders_file(path: Path) -> pd.DataFrame:
     """Read a CSV or Parquet file in DoorDash's layout, as text, so nothing is lost before validation."""
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+    try:
+        if kind == "Parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError as error:
+        raise UserError(f"{path} is empty, expected a CSV whose header names DoorDash's columns: "
+                        f"{', '.join(ORDER_COLUMNS)}") from error
+    except (pd.errors.ParserError, UnicodeDecodeError, pyarrow.ArrowException) as error:
+        raise UserError(f"{path} cannot be read as {kind} ({str(error).splitlines()[0]}), expected a CSV or "
+                        f"Parquet file (by its .parquet suffix) with DoorDash's columns") from error
 
 
 def load_orders_file(path: Path, limits: ValidationSettings) -> OrdersBatch:
-    return validate_orders(read_orders_file(path), limits)
+    return validate_orders(read_orders_file(path), limits, source=str(path))

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import bentoml
 import lightgbm as lgb
-from bentoml.exceptions import NotFound
+from bentoml.exceptions import InvalidArgument, NotFound
 
+from eta.errors import UsageError, UserError
 from eta.features import MODEL_FEATURES
 from eta.settings import PROJECT_ROOT, GateSettings, Settings
 from eta.storage import replace_atomically
@@ -125,9 +126,23 @@ def production_tag(settings: Settings) -> str | None:
     return tag
 
 
+def require_production_tag(settings: Settings, needed_for: str) -> str:
+    """The production model's tag; a namespace without one yet is the user's to fix (train first)."""
+    tag = production_tag(settings)
+    if tag is None:
+        namespace = settings.feast_project
+        raise UserError(f"namespace {namespace!r} has no production model yet ({needed_for}), expected one "
+                        f"trained and promoted first: eta train --namespace {namespace}")
+    return tag
+
+
 def promote(tag: str, settings: Settings) -> None:
     """Make `tag` the production model; the one it replaces is remembered for rollback."""
-    bentoml.models.get(tag)  # refuse a tag the store does not hold
+    try:
+        bentoml.models.get(tag)  # refuse a tag the store does not hold
+    except (NotFound, InvalidArgument, ValueError) as error:  # ValueError: not a tag at all
+        raise UsageError(f"no model {tag!r} in the model store, expected a tag `eta models list --namespace "
+                         f"{settings.feast_project}` shows, such as {settings.model_name}:<version>") from error
     state = _read_pointer(settings)
     if state["tag"] == tag:
         return
@@ -139,7 +154,8 @@ def rollback(settings: Settings) -> str:
     """Put the previous production model back; returns its tag."""
     state = _read_pointer(settings)
     if not state["previous"]:
-        raise ValueError(f"no earlier production model to roll back to in namespace {settings.feast_project}")
+        raise UserError(f"no earlier production model to roll back to in namespace {settings.feast_project!r}, "
+                        "expected a namespace whose production model replaced another")
     restored, *older = state["previous"]
     _write_pointer(settings, {"tag": restored, "previous": older})
     return restored

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
+from eta.errors import UserError
 from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, model_inputs
 from eta.metrics import delivery_metrics, sliced_metrics
 from eta.orders import delivery_minutes
@@ -95,9 +96,10 @@ def split_by_time(frame: pd.DataFrame, config: TrainingSettings, train_until: pd
     )
     sizes = {part: len(getattr(split, part)) for part in ("train", "calibration", "holdout")}
     if sizes["train"] < 100 or sizes["calibration"] < 20 or sizes["holdout"] < 20:
-        raise ValueError(
-            f"time split at {calibration_start} / {holdout_start} leaves {sizes} orders; need at least "
-            "100 / 20 / 20: ingest more days or change training.holdout_days, calibration_days or --train-until"
+        raise UserError(
+            f"time split at {calibration_start} / {holdout_start} leaves {sizes} of the orders held "
+            f"({created.min()} .. {created.max()}), need at least 100 / 20 / 20: a --train-until inside that "
+            "window, more days ingested, or other training.holdout_days / calibration_days"
         )
     return split
 

@@ -13,7 +13,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 from prefect import flow, get_run_logger, task
 
-from eta.registry import production_tag
+from eta.registry import require_production_tag
 from eta.settings import PROJECT_ROOT
 from flows.common import settings_with
 
@@ -51,9 +51,7 @@ def bento_serving(model_tag: str) -> str | None:
 def build_bento(namespace: str | None = None, force: bool = False) -> str:
     """Build a Bento for the production model, unless one exists already (rebuilding would change nothing)."""
     settings = settings_with(namespace)
-    tag = production_tag(settings)
-    if tag is None:
-        raise RuntimeError("no production model yet: run the train flow, whose gate promotes one")
+    tag = require_production_tag(settings, "a Bento packs the production model")
     existing = None if force else bento_serving(tag)
     if existing:
         get_run_logger().info("Bento %s already serves model %s; not rebuilding", existing, tag)

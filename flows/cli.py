@@ -3,44 +3,171 @@
 Commands start (or reuse, via PREFECT_API_URL) one Prefect server, run the flow, and print its
 result as JSON. A run reading `--orders FILE` works in that file's own namespace (Feast project and
 model name `eta_<file stem>`) unless `--namespace` names one, so sources never mix.
+
+A mistake in what the user gave (eta.errors.UserError, or Click's own usage errors) ends in one stderr
+line, `error: <what was wrong>, <what would be right>`, exit code 1 (data) or 2 (usage); `eta --debug`
+or ETA_DEBUG=1 shows its traceback. A bug always does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
+from eta.errors import UserError
 from eta.settings import get_settings
 
-app = typer.Typer(help="eta: delivery-time predictions, trained and served continuously.", no_args_is_help=True)
+
+def _user_error(error: BaseException) -> UserError | None:
+    """The UserError behind `error`, if one is: raised as is, or wrapped (`raise ... from`) on its way up."""
+    while error is not None:
+        if isinstance(error, UserError):
+            return error
+        error = error.__cause__
+    return None
+
+
+def _say_error(message: str) -> None:
+    typer.echo("error: " + " ".join(message.splitlines()), err=True)
+
+
+@contextlib.contextmanager
+def _one_line_errors(debug: bool) -> Iterator[None]:
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except typer.TyperException as error:  # Click's own: a bad option value (a date, a missing file), an unknown option
+        if debug or type(error).__name__ == "NoArgsIsHelpError":  # that one is the help text, shown as such
+            raise
+        _say_error(error.format_message())
+        raise typer.Exit(error.exit_code) from None
+    except Exception as error:
+        mistake = _user_error(error)
+        if mistake is None or debug:
+            raise
+        _say_error(str(mistake))
+        raise typer.Exit(mistake.exit_code) from None
+
+
+def _hide_library_deprecations() -> None:
+    """Feast turns DeprecationWarnings on for every library when imported; a user can do nothing about those."""
+    show = warnings.showwarning
+
+    def show_unless_deprecation(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, DeprecationWarning):
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = show_unless_deprecation
+
+
+_debug = False  # this invocation's --debug (or ETA_DEBUG): mistakes show their traceback and Prefect's whole log
+
+
+class _Commands(TyperGroup):
+    """Every command's mistakes end in one line, whether Click finds them parsing or a command raises them."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: Any) -> typer.Context:
+        with _one_line_errors(debug="--debug" in args):
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        global _debug
+        _debug = bool(ctx.params.get("debug"))
+        if not _debug:
+            _hide_library_deprecations()
+        with _one_line_errors(debug=_debug):
+            return super().invoke(ctx)
+
+
+app = typer.Typer(help="eta: delivery-time predictions, trained and served continuously.", no_args_is_help=True,
+                  cls=_Commands)
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", envvar="ETA_DEBUG",
+                                                 help="Show the full traceback and Prefect's log of a mistake")] = False
+             ) -> None:
+    """eta: delivery-time predictions, trained and served continuously."""
 
 
 def _print(result: Any) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+def _progress_only(record: logging.LogRecord) -> bool:
+    """Prefect's console echo of a failure (ERROR records with tracebacks, the final Failed state) would repeat
+    what the CLI reports itself, once; the API still receives every record."""
+    if not record.name.startswith("prefect."):
+        return True
+    return record.levelno < logging.ERROR and not record.getMessage().startswith("Finished in state Failed")
+
+
+class _ProgressLines(io.TextIOBase):
+    """What libraries print during a flow (Feast's progress) goes to stderr stamped like Prefect's progress lines,
+    `HH:MM:SS.mmm | INFO    | ...`, so every line but the result (stdout) and an error reads as progress."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in filter(str.strip, lines):
+            sys.stderr.write(f"{datetime.now():%H:%M:%S.%f}"[:12] + f" | INFO    | {line}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial.strip():
+            self.write("\n")
+        sys.stderr.flush()
+
+
 def _run(flow: Callable[..., Any], **parameters: Any) -> Any:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     from flows.prefect_api import prefect_api
 
+    if not _debug:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.addFilter(_progress_only)
     # stdout carries the JSON result only; Feast and friends print progress, which goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr), prefect_api(get_settings().data_path / "prefect"):
-        return flow(**parameters)
+    progress = _ProgressLines()
+    try:
+        with contextlib.redirect_stdout(progress), prefect_api(get_settings().data_path / "prefect"):
+            return flow(**parameters)
+    finally:
+        progress.flush()
 
 
 OrdersFile = Annotated[
     Optional[Path], typer.Option("--orders", exists=True, dir_okay=False, help="CSV/Parquet in DoorDash's layout")
 ]
 Namespace = Annotated[Optional[str], typer.Option(help="Feast project and model name prefix; default per source")]
-Day = Annotated[datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="UTC")]
+def _utc_day(value: str | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    for layout in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"):
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(value, layout)
+    raise typer.BadParameter(f"{value!r} is not a date, expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS (UTC)")
+
+
+Day = Annotated[datetime, typer.Option(parser=_utc_day, metavar="YYYY-MM-DD", help="UTC")]
 
 
 def _path(orders: Path | None) -> str | None:
@@ -83,7 +210,7 @@ def features(namespace: Namespace = None,
 @app.command()
 def train(
     orders: OrdersFile = None,
-    train_until: Optional[datetime] = typer.Option(None, formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+    train_until: Optional[datetime] = typer.Option(None, parser=_utc_day, metavar="YYYY-MM-DD",
                                                    help="Train on orders created before this (UTC), test on the rest"),
     namespace: Namespace = None,
     holdout_days: Optional[float] = None,

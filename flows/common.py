@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from eta.errors import UserError
 from eta.settings import Settings, get_settings
 
 
@@ -14,6 +15,11 @@ def namespace_for(orders_file: str | None, namespace: str | None) -> str | None:
     if namespace or not orders_file:
         return namespace
     return "eta_" + re.sub(r"[^a-z0-9]+", "_", Path(orders_file).stem.lower()).strip("_")
+
+
+def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Tasks retry I/O hiccups; a mistake in the user's input would fail the same way again, only later."""
+    return not isinstance(state.data, UserError)
 
 
 def settings_with(namespace: str | None = None, **overrides: Any) -> Settings:

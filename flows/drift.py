@@ -11,17 +11,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from eta.ingest import read_history
-from eta.registry import model_metadata, production_tag
+from eta.registry import model_metadata, require_production_tag
 from eta.settings import Settings
-from flows.common import settings_with
+from flows.common import retry_unless_user_error, settings_with
 from monitoring.drift import drift_report, split_for_drift
 
 
-@task(retries=2, retry_delay_seconds=[1, 5])
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
 def run_drift_report(settings: Settings) -> dict[str, object]:
-    tag = production_tag(settings)
-    if tag is None:
-        raise RuntimeError("no production model yet: drift is measured against its training window")
+    tag = require_production_tag(settings, "drift is measured against its training window")
     train_end = pd.Timestamp(model_metadata(tag)["window"]["train_end"])
     reference, current = split_for_drift(read_history(settings), train_end, settings.drift.recent_days)
     return {**drift_report(reference, current, settings.reports_path), "model": tag}

@@ -15,24 +15,24 @@ from prefect.artifacts import create_table_artifact
 from eta.feature_store import feature_store
 from eta.ingest import read_history
 from eta.orders import load_orders_file
-from eta.registry import load_model, production_tag
+from eta.errors import UserError
+from eta.registry import load_model, require_production_tag
 from eta.settings import Settings
 from eta.training import score, training_set
-from flows.common import namespace_for, settings_with
+from flows.common import namespace_for, retry_unless_user_error, settings_with
 from flows.features import build_features
 from flows.ingest import ingest_orders
 
 
-@task(retries=2, retry_delay_seconds=[1, 5])
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
 def score_production(orders_file: str, since: str, settings: Settings) -> dict[str, object]:
-    tag = production_tag(settings)
-    if tag is None:
-        raise RuntimeError(f"no production model in namespace {settings.feast_project}: train one first")
+    tag = require_production_tag(settings, "evaluate scores it")
     ids = load_orders_file(Path(orders_file), settings.validation).accepted["order_id"]
     history = read_history(settings)
     orders = history[history["order_id"].isin(ids) & (history["created_at"] >= pd.Timestamp(since, tz="UTC"))]
     if orders.empty:
-        raise ValueError(f"{orders_file} has no valid orders created since {since}")
+        raise UserError(f"{orders_file} has no valid orders created since {since}, expected a --since before its "
+                        "newest order")
     frame = training_set(feature_store(settings), orders, settings.feature_service)
     return {"model": tag, **score(load_model(tag), frame)}
 

@@ -17,12 +17,12 @@ from eta.feature_store import apply_definitions, feature_store, incremental_star
 from eta.feature_tables import write_feature_tables
 from eta.settings import Settings
 from eta.staleness import online_staleness
-from flows.common import settings_with
+from flows.common import retry_unless_user_error, settings_with
 
 FEATURE_VIEWS = ["store_history", "market_state"]
 
 
-@task(retries=2, retry_delay_seconds=[1, 5])
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
 def write_tables(settings: Settings) -> dict[str, object]:
     return write_feature_tables(settings)
 

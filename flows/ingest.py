@@ -20,7 +20,7 @@ from eta.ingest import ingest_batch, read_history
 from eta.orders import OrdersBatch, load_orders_file, validate_orders
 from eta.settings import Settings
 from eta.simulate import simulate_orders
-from flows.common import namespace_for, settings_with
+from flows.common import namespace_for, retry_unless_user_error, settings_with
 
 
 def bigquery_batch(settings: Settings) -> OrdersBatch:
@@ -34,7 +34,7 @@ def bigquery_batch(settings: Settings) -> OrdersBatch:
     return validate_orders(read_orders(bigquery_client(settings.gcp), sql, job), settings.validation)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5])
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
 def ingest(orders_file: str | None, settings: Settings) -> dict[str, object]:
     if orders_file:
         batch = load_orders_file(Path(orders_file), settings.validation)

@@ -36,9 +36,12 @@ def prefect_api(home: Path) -> Iterator[str]:
         os.environ["PREFECT_API_URL"] = api_url  # for the processes flows start
         try:
             with temporary_settings(updates={PREFECT_API_URL: api_url}):
-                yield api_url
-                # Flow logs are shipped in the background: send them before the server goes away.
-                APILogWorker.drain_all(timeout=10)
+                try:
+                    yield api_url
+                finally:
+                    # Flow logs are shipped in the background: send them before the server goes away, also
+                    # after a flow failed (else the shipper reports "Error logging to API" once it has).
+                    APILogWorker.drain_all(timeout=10)
         finally:
             if previous is None:
                 os.environ.pop("PREFECT_API_URL", None)

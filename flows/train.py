@@ -15,21 +15,21 @@ from prefect.artifacts import create_table_artifact
 from eta.behaviour import behaviour_failures
 from eta.feature_store import feature_store
 from eta.features import MODEL_FEATURES, model_inputs
-from eta.ingest import read_history
+from eta.ingest import held_history
 from eta.registry import gate, load_model, model_metadata, production_tag, promote, save_model
 from eta.settings import Settings
 from eta.storage import write_table
 from eta.training import baselines, score, split_by_time, train_eta_model, training_set
-from flows.common import settings_with
+from flows.common import retry_unless_user_error, settings_with
 
 METRIC_COLUMNS = ["mae_min", "rmse_min", "p90_abs_err_min", "within_5_min", "within_10_min",
                   "under_prediction_rate", "mean_lateness_min", "interval_coverage_80"]
 
 
-@task(retries=2, retry_delay_seconds=[1, 5])
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
 def build_training_set(settings: Settings) -> str:
     """Writes the point-in-time training set beside the orders and returns its path (frames stay out of Prefect)."""
-    frame = training_set(feature_store(settings), read_history(settings), settings.feature_service)
+    frame = training_set(feature_store(settings), held_history(settings), settings.feature_service)
     path = settings.project_path / "training_set.parquet"
     write_table(frame, path)
     return str(path)

@@ -78,11 +78,17 @@ def test_on_the_emulator_the_orders_query_reads_exactly_the_window(emulator, ord
     client, rows = orders_in_bigquery
     read = _read(client, emulator, SINCE, UNTIL)
     expected = rows[(rows["created_at"] >= SINCE) & (rows["created_at"] < UNTIL)]
-    assert len(read) == len(expected) > 100
+    assert len(expected) > 100 and _keys(read) == _keys(expected), "the window's orders, each once, no other"
     assert list(read.columns) == ORDER_COLUMNS and read["created_at"].is_monotonic_increasing
     batch = validate_orders(read, Settings().validation)
     assert len(batch.accepted) + len(batch.rejected) == len(read), "every row read is validated, none lost"
     assert batch.accepted["created_at"].min() >= SINCE
+
+
+def _keys(orders: pd.DataFrame) -> list[tuple]:
+    """Each order as (store, created, delivered), in one order: rows compared by what they are, not by count."""
+    return sorted(zip(orders["store_id"].astype(float), pd.to_datetime(orders["created_at"], utc=True),
+                      pd.to_datetime(orders["actual_delivery_time"], utc=True)))
 
 
 def test_the_window_values_travel_as_query_parameters(emulator):
@@ -94,17 +100,29 @@ def test_the_window_values_travel_as_query_parameters(emulator):
 
 
 def test_the_next_read_starts_an_overlap_before_the_newest_order_held(emulator, orders_in_bigquery):
-    """Real: two consecutive windows read on the emulator cover every row once or more, never a gap."""
+    """Real: an order that lands in the table after a read, created before the newest order that read got,
+    is read by the next window; without the overlap it would be missed."""
     client, rows = orders_in_bigquery
-    first_since, first_until = incremental_window(None, datetime(2026, 10, 1, 18, tzinfo=timezone.utc), emulator,
-                                                  first_start=datetime(2026, 10, 1, tzinfo=timezone.utc))
-    first = _read(client, emulator, first_since, first_until)
-    since, until = incremental_window(first["created_at"].max(), datetime(2026, 10, 4, tzinfo=timezone.utc), emulator,
-                                      first_start=first_since)
-    assert since == first["created_at"].max() - pd.Timedelta(minutes=emulator.ingest_overlap_minutes)
-    second = _read(client, emulator, since, until)
-    both = pd.concat([first, second]).drop_duplicates()
-    assert len(both) == len(rows), "every row of the table read, late ones included"
+    # A copy of the orders table of this test's own: the emulator cannot delete the late row afterwards.
+    emulator = emulator.model_copy(update={"orders_table": "orders_late"})
+    table = f"{emulator.project}.{emulator.dataset}.{emulator.orders_table}"
+    client.query(f"CREATE TABLE `{table}` AS SELECT * FROM `{emulator.dataset}.orders`").result(timeout=60)
+    first_start, now = datetime(2026, 10, 1, tzinfo=timezone.utc), datetime(2026, 10, 4, tzinfo=timezone.utc)
+    first = _read(client, emulator, *incremental_window(None, datetime(2026, 10, 1, 18, tzinfo=timezone.utc), emulator,
+                                                        first_start=first_start))
+    newest = first["created_at"].max()
+    late = rows.tail(1).assign(store_id=9_999.0, created_at=newest - pd.Timedelta(minutes=30),
+                               actual_delivery_time=newest + pd.Timedelta(minutes=5))
+    values = ", ".join(_literal(late[c].iloc[0], c) for c in ORDER_COLUMNS)
+    client.query(f"INSERT INTO `{table}` VALUES ({values})").result(timeout=60)
+
+    second = _read(client, emulator, *incremental_window(newest, now, emulator, first_start=first_start))
+    assert _keys(late)[0] in _keys(second), "the late order is read by the next window"
+    assert set(_keys(first)) | set(_keys(second)) == set(_keys(rows[rows["created_at"] >= first_start])) | set(
+        _keys(late)), "every order of the table read, none invented"
+    no_overlap = emulator.model_copy(update={"ingest_overlap_minutes": 0})
+    missed = _read(client, emulator, *incremental_window(newest, now, no_overlap, first_start=first_start))
+    assert _keys(late)[0] not in _keys(missed), "without the overlap the late order is missed"
 
 
 def test_the_gcp_profile_gives_feast_a_bigquery_offline_store_and_sources(monkeypatch):

@@ -12,14 +12,14 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from eta.feature_store import apply_definitions, feature_store
 from eta.feature_tables import write_feature_tables
 from eta.ingest import ingest_batch
-from eta.orders import delivery_minutes, validate_orders
+from eta.orders import MARKET_STATE_COLUMNS, delivery_minutes, validate_orders
 from eta.settings import SimulationSettings
 from eta.simulate import simulate_orders
 from eta.training import training_entities, training_set
@@ -32,7 +32,7 @@ orders_streams = st.lists(
         st.integers(1, 2),  # store
         st.integers(0, 40 * 24 * 60),  # created, minutes after START (40 days: both windows roll over)
         st.integers(5, 300),  # minutes to deliver
-        st.integers(1, 30),  # couriers on shift, as the order reported
+        st.none() | st.integers(1, 30),  # couriers on shift as the order reported, or no market state reported
     ),
     min_size=1,
     max_size=30,
@@ -40,18 +40,38 @@ orders_streams = st.lists(
 )
 
 
-def _orders(stream: list[tuple[int, int, int, int]]) -> pd.DataFrame:
+# An order that reports no market state (as DoorDash rows with empty courier counts do) is served the
+# market's newest earlier state, unless that is older than the view's TTL (60 minutes): the TTL branch.
+NO_STATE = dict.fromkeys(MARKET_STATE_COLUMNS, np.nan)
+TTL_STREAM = [(1, 0, 40, 5), (1, 30, 40, None), (2, 200, 40, None)]
+
+
+def _orders(stream: list[tuple[int, int, int, int | None]]) -> pd.DataFrame:
     rows = []
     for store, created, minutes, onshift in stream:
         created_at = START + pd.Timedelta(minutes=created)
-        rows.append({**BASE, "store_id": store, "market_id": 1, "created_at": created_at, "total_onshift_dashers": float(onshift),
+        state = NO_STATE if onshift is None else {"total_onshift_dashers": float(onshift)}
+        rows.append({**BASE, "store_id": store, "market_id": 1, "created_at": created_at, **state,
                      "actual_delivery_time": created_at + pd.Timedelta(minutes=minutes)})
     return pd.DataFrame(rows)
 
 
-@hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_an_order_without_market_state_gets_the_last_one_only_within_the_ttl(local_settings, tmp_path):
+    frame = _check_training_set(TTL_STREAM, local_settings, tmp_path)
+    assert frame["total_onshift_dashers"].tolist()[:2] == [5.0, 5.0], "30 minutes after the last state: within the TTL"
+    assert np.isnan(frame["total_onshift_dashers"].iloc[2]), "200 minutes after: older than the TTL"
+
+
+@hypothesis_settings(max_examples=40, deadline=None, derandomize=True,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stream=orders_streams)
+@example(stream=TTL_STREAM)
 def test_no_training_row_sees_an_order_delivered_after_its_creation(stream, local_settings, tmp_path):
+    _check_training_set(stream, local_settings, tmp_path)
+
+
+def _check_training_set(stream: list[tuple[int, int, int, int | None]], local_settings, tmp_path) -> pd.DataFrame:
+    """The training set of `stream`, checked against Feast's retrieval and a brute-force recomputation."""
     example = local_settings.model_copy(
         update={"data_dir": tmp_path / uuid.uuid4().hex, "feast_project": f"eta_pit_{uuid.uuid4().hex[:8]}"}
     )
@@ -84,10 +104,11 @@ def test_no_training_row_sees_an_order_delivered_after_its_creation(stream, loca
                     assert getattr(row, f"store_mean_delivery_min_{days}d") == pytest.approx(minutes[window].mean())
                 else:
                     assert np.isnan(getattr(row, f"store_orders_{days}d")), "older than the view's TTL"
-        reported = orders[orders["created_at"] <= row.created_at]
+        reported = orders[(orders["created_at"] <= row.created_at) & orders[MARKET_STATE_COLUMNS].notna().any(axis=1)]
         newest = reported["created_at"].max()
         if newest > row.created_at - market_ttl:
             latest = reported.loc[reported["created_at"] == newest, "total_onshift_dashers"]
             assert row.total_onshift_dashers in set(latest)
         else:
-            assert np.isnan(row.total_onshift_dashers), "older than the view's TTL"
+            assert np.isnan(row.total_onshift_dashers), "no state, or older than the view's TTL"
+    return frame

@@ -50,5 +50,10 @@ def evaluate_model(orders_file: str, since: str, namespace: str | None = None) -
         table=[{"metric": k, "value": v} for k, v in metrics.items() if not isinstance(v, dict)],
         description=f"{metrics['model']} on {orders_file} since {since}",
     )
+    create_table_artifact(
+        key="evaluation-markets",
+        table=[{"market": market, **row} for market, row in metrics["by_market"].items()],
+        description=f"{metrics['model']} per market: orders, MAE, range coverage and width",
+    )
     return metrics
 

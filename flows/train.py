@@ -105,7 +105,7 @@ def train_model(
         key="model-slices",
         table=[{"slice": f"market {k}", **v} for k, v in result["metrics"]["by_market"].items()]
         + [{"slice": f"hour {k}", **v} for k, v in result["metrics"]["by_hour"].items()],
-        description=f"MAE of {result['model']} per market and hour of day (UTC)",
+        description=f"MAE, range coverage and width of {result['model']} per market and hour of day (UTC)",
     )
     return {**result, "production": production}
 

@@ -42,7 +42,7 @@ class ExpiringDict(Generic[K, V]):
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.maxsize = maxsize
         self._ttl = ttl_s if callable(ttl_s) else (lambda _key: ttl_s)
-        self._timer = timer
+        self.timer = timer  # a test moves the clock past a TTL instead of sleeping
         shards = max(1, maxsize // SHARD_ENTRIES)
         self._shards: list[OrderedDict[K, tuple[float, V]]] = [OrderedDict() for _ in range(shards)]
         self._shard_max = maxsize // shards
@@ -52,7 +52,7 @@ class ExpiringDict(Generic[K, V]):
 
     def get(self, key: K, default=None):
         entry = self._shard(key).get(key)
-        if entry is None or entry[0] <= self._timer():
+        if entry is None or entry[0] <= self.timer():
             return default
         return entry[1]
 
@@ -61,7 +61,7 @@ class ExpiringDict(Generic[K, V]):
         shard.pop(key, None)
         if len(shard) >= self._shard_max:
             shard.popitem(last=False)
-        shard[key] = (self._timer() + self._ttl(key), value)
+        shard[key] = (self.timer() + self._ttl(key), value)
 
     def __len__(self) -> int:
         return sum(len(shard) for shard in self._shards)

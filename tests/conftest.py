@@ -24,6 +24,10 @@ os.environ.update(
         "ETA_SIMULATION__STORES": "40",
         "ETA_SIMULATION__MARKETS": "2",
         "ETA_TRAINING__NUM_BOOST_ROUND": "150",
+        # A feature budget no slow machine overruns (under BentoML's 1 s request timeout): tests of answers
+        # and caches must not turn degraded because this VM stalled; the tests of degradation set tiny
+        # budgets, or a Redis that stalls, of their own.
+        "ETA_SERVING__FEATURE_TIMEOUT_MS": "900",
         "BENTOML_HOME": str(SESSION_DIR / "bentoml"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }

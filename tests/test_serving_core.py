@@ -160,17 +160,20 @@ def _cleanup_quotes(settings) -> None:
 
 def test_market_state_is_cached_no_longer_than_its_ttl(model, redis_store):
     settings, store, orders = redis_store
-    ttl = 0.3
+    ttl = 1.0
     config = settings.model_copy(update={"serving": settings.serving.model_copy(update={"market_features_ttl_s": ttl})})
     market = int(orders["market_id"].iloc[0])
     newer = orders["created_at"].max()
 
     async def work(predictor):
+        clock = [time.monotonic()]
+        predictor.features.fresh.timer = lambda: clock[0]  # the test moves time: a slow push cannot outlast the TTL
         (before,), _ = await predictor.vectors([(MARKET_STATE.name, market)])
         push_market_state(store, orders.tail(1).assign(market_id=market, total_onshift_dashers=501.0,
                                                         created_at=newer + pd.Timedelta(minutes=1)))
+        clock[0] += ttl * 0.9
         (cached,), _ = await predictor.vectors([(MARKET_STATE.name, market)])
-        await asyncio.sleep(ttl + 0.05)
+        clock[0] += ttl * 0.2
         (fresh,), _ = await predictor.vectors([(MARKET_STATE.name, market)])
         return before, cached, fresh
 
@@ -189,13 +192,17 @@ def test_concurrent_misses_of_one_key_read_redis_once(model, redis_store):
 
         async def counted(wanted):
             reads.append(list(wanted))
-            await asyncio.sleep(0.004)  # a slow Redis (within the time budget): every request arrives while the first read is on its way
+            await arrived.wait()  # a slow Redis: every request arrives while the first read is on its way
             return await real_read(wanted)
 
+        arrived = asyncio.Event()
         predictor.reader.read = counted
-        answers = await asyncio.gather(*(predictor.order(_order(store_id, market)) for _ in range(50)))
-        return reads, answers
+        requests = [asyncio.create_task(predictor.order(_order(store_id, market))) for _ in range(50)]
+        await asyncio.sleep(0)  # each request runs up to its wait for the features
+        arrived.set()
+        return reads, await asyncio.gather(*requests)
 
+    assert settings.serving.feature_timeout_ms >= 500, "a budget no stalled machine overruns (tests/conftest.py)"
     reads, answers = _run(_with_predictor(model, settings, work))
     assert len(reads) == 1 and len(reads[0]) == 2
     assert len({a.minutes for a in answers}) == 1 and all(a.store_features_found for a in answers)
@@ -210,7 +217,8 @@ def own_redis():
     def start() -> subprocess.Popen:
         process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                                    stdout=subprocess.DEVNULL)
-        for _ in range(100):
+        deadline = time.monotonic() + 60  # a start-up deadline only a broken server reaches, however slow the VM
+        while time.monotonic() < deadline:
             try:
                 if redis.Redis(port=port).ping():
                     return process
@@ -237,8 +245,8 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
     store_id, market = int(orders["store_id"].iloc[0]), int(orders["market_id"].iloc[0])
     from eta.online_features import entity_key
 
-    _copy_online_rows(settings, port, [entity_key(settings.feast_project, STORE_HISTORY, store_id),
-                                       entity_key(settings.feast_project, MARKET_STATE, market)])
+    rows = [entity_key(settings.feast_project, STORE_HISTORY, store_id), entity_key(settings.feast_project, MARKET_STATE, market)]
+    _copy_online_rows(settings, port, rows)
     config = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0", "serving": settings.serving.model_copy(
         update={"redis_retry_after_s": 0.2, "market_features_ttl_s": 0.05, "store_features_ttl_s": 0.05})})
     seen = Recording()
@@ -248,33 +256,30 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
         server["process"].kill()
         server["process"].wait()
         await asyncio.sleep(0.1)  # both TTLs pass: the next answers must go to Redis
-        timings, answers = [], []
+        answers, began = [], time.monotonic()
         for _ in range(20):
-            began = time.perf_counter()
             answers.append(await predictor.order(_order(store_id, market)))
             answers.append(await predictor.quote(_quote(market, [store_id, store_id + 1])))
-            timings.append(time.perf_counter() - began)
+        pauses = (time.monotonic() - began) / config.serving.redis_retry_after_s
         server["process"] = server["start"]()
+        _copy_online_rows(settings, port, rows)  # a managed Redis comes back with its data
         await asyncio.sleep(0.25)  # past redis_retry_after_s
-        # The first read opens a new connection, which on this shared 2-core VM can outlast the 8 ms
-        # budget once (9-40 ms seen): that answer is degraded and the next one whole.
-        recovered, late = await predictor.order(_order(store_id, market)), 0
-        while recovered.degraded and late < 5:
-            late += 1
-            recovered = await predictor.order(_order(store_id, market))
-        return healthy, answers, timings, recovered, late
+        return healthy, answers, pauses, await predictor.order(_order(store_id, market))
 
     with caplog.at_level(logging.INFO, logger="eta.serving"):
-        healthy, answers, timings, recovered, late = _run(_with_predictor(model, config, work, telemetry=seen,
-                                                                    url=config.redis_url))
+        healthy, answers, pauses, recovered = _run(_with_predictor(model, config, work, telemetry=seen,
+                                                                  url=config.redis_url))
     assert not healthy.degraded and healthy.store_features_found
     assert all(answer.degraded for answer in answers)
     orders_answered = answers[::2]
     assert all(a.minutes == healthy.minutes for a in orders_answered), "last known features give the same answer"
-    assert max(timings) < 0.02, f"two answers took {max(timings) * 1000:.1f} ms without Redis"
-    assert seen.events["degraded:order"] == 20 + late and seen.events["degraded:quote"] == 20
-    assert late <= 1 and not recovered.degraded and recovered.minutes == healthy.minutes
-    # 41 or 42 degraded answers, two log lines: the way down (with the error) and the way back up.
+    # Speed without Redis is measured by `make bench-faults`; here: a dead Redis is asked once per pause,
+    # not once per answer (40 answers).
+    asked = sum(n for event, n in seen.events.items() if event.startswith("redis_error:"))
+    assert 1 <= asked <= 1 + math.ceil(pauses), (asked, pauses)
+    assert seen.events["degraded:order"] == 20 and seen.events["degraded:quote"] == 20
+    assert not recovered.degraded and recovered.store_features_found and recovered.minutes == healthy.minutes
+    # 40 degraded answers, two log lines: the way down (with the error) and the way back up.
     down, up = [r for r in caplog.records if r.name == "eta.serving"]
     assert down.levelname == "WARNING" and down.error == "ConnectionError" and "degraded" in down.getMessage()
     assert up.levelname == "INFO" and up.unavailable_s > 0.2
@@ -302,18 +307,18 @@ def test_a_waiter_whose_loader_gives_up_gets_a_timeout_not_a_cancellation():
     cache: CoalescingCache[str, int] = CoalescingCache(ExpiringDict(100, 60))
 
     async def slow(keys):
-        await asyncio.sleep(1)
+        await asyncio.Event().wait()  # a load that never ends by itself
         return [1 for _ in keys]
 
     async def scenario():
         loader = asyncio.create_task(cache.get_many(["k"], slow))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the loader starts its load
         waiter = asyncio.create_task(cache.get_many(["k"], slow))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the waiter waits for it
+        assert cache.loads == 1, "the waiter shares the load instead of starting its own"
         loader.cancel()
         with pytest.raises(TimeoutError):
             await waiter
-        assert cache.loads == 1, "the waiter shared the load instead of starting its own"
         assert await cache.get_many(["k"], _ones) == [1], "the next request loads again"
 
     _run(scenario())
@@ -326,26 +331,31 @@ async def _ones(keys):
 def test_one_slow_read_degrades_one_answer_and_three_in_a_row_pause_redis(model, redis_store):
     settings, _, orders = redis_store
     store_id, market = int(orders["store_id"].iloc[0]), int(orders["market_id"].iloc[0])
+    # A budget the healthy reads keep however slow this machine is, and reads that stall far past it.
     config = settings.model_copy(update={"serving": settings.serving.model_copy(
-        update={"feature_timeout_ms": 20, "market_features_ttl_s": 0.001, "store_features_ttl_s": 0.001})})
+        update={"feature_timeout_ms": 300, "redis_retry_after_s": 60,
+                "market_features_ttl_s": 0.001, "store_features_ttl_s": 0.001})})
 
     async def work(predictor):
-        real_read, delays = predictor.reader.read, []
+        real_read, stalls, asked = predictor.reader.read, [], []
 
-        async def sometimes_slow(wanted):
-            await asyncio.sleep(delays.pop(0) if delays else 0)
+        async def sometimes_stalled(wanted):
+            asked.append(True)
+            if stalls.pop(0):
+                await asyncio.Event().wait()
             return await real_read(wanted)
 
-        predictor.reader.read = sometimes_slow
+        predictor.reader.read = sometimes_stalled
         answers = []
-        for delay in (0.05, 0, 0.05, 0.05, 0.05, 0):
-            delays.append(delay)
+        for stalled in (True, False, True, True, True, False):
+            stalls[:] = [stalled]
             await asyncio.sleep(0.002)  # past the L1 TTLs
             answers.append(await predictor.order(_order(store_id, market)))
-        return [a.degraded for a in answers], predictor.redis_healthy
+        return [a.degraded for a in answers], len(asked), predictor.redis_healthy
 
-    degraded, healthy = _run(_with_predictor(model, config, work))
-    assert degraded == [True, False, True, True, True, True], "the last one is answered degraded without asking"
+    degraded, asked, healthy = _run(_with_predictor(model, config, work))
+    assert degraded == [True, False, True, True, True, True]
+    assert asked == 5, "after three timeouts in a row the last one is answered degraded without asking"
     assert not healthy
 
 

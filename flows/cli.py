@@ -273,8 +273,11 @@ def staleness(namespace: Namespace = None) -> None:
 
 
 @app.command("feast-config")
-def feast_config(namespace: Namespace = None,
-                 out: Optional[Path] = typer.Option(None, file_okay=False, help="Folder for feature_store.yaml; default .eta/<namespace>/feast")) -> None:
+def feast_config(
+    namespace: Namespace = None,
+    out: Optional[Path] = typer.Option(None, file_okay=False,
+                                       help="Folder for feature_store.yaml; default .eta/<namespace>/feast"),
+) -> None:
     """Write the namespace's feature_store.yaml for Feast's own CLI and UI (no secret in it)."""
     from flows.feast_config import write_feast_config
 

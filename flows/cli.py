@@ -130,9 +130,7 @@ class _ProgressLines(io.TextIOBase):
             sys.stderr.write(f"{datetime.now():%H:%M:%S.%f}"[:12] + f" | INFO    | {line}\n")
         return len(text)
 
-    def flush(self) -> None:
-        if self._partial.strip():
-            self.write("\n")
+    def flush(self) -> None:  # a partial line waits for its end: a stamp belongs at the start of a line
         sys.stderr.flush()
 
 
@@ -151,7 +149,7 @@ def _run(flow: Callable[..., Any], **parameters: Any) -> Any:
         with contextlib.redirect_stdout(progress), prefect_api(get_settings().data_path / "prefect"):
             return flow(**parameters)
     finally:
-        progress.flush()
+        progress.write("\n")  # ends a last unfinished line
 
 
 OrdersFile = Annotated[

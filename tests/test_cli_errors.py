@@ -19,6 +19,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
+from eta.feature_store import feature_store
 from eta.orders import ORDER_COLUMNS
 from eta.registry import list_models
 from eta.settings import PROJECT_ROOT, SimulationSettings
@@ -89,12 +90,15 @@ def test_an_empty_file_names_the_file_and_the_expected_columns(tmp_path, namespa
 
 
 @pytest.fixture(scope="module")
-def too_few_orders(small_orders: Path, prefect_server: str) -> tuple[str, subprocess.CompletedProcess]:
+def too_few_orders(small_orders: Path, prefect_server: str, settings):
     """`eta train --orders FILE --train-until 2030-01-01` on three days of 2026: ingests and builds features, then
-    the time split leaves nothing to test on."""
+    the time split leaves nothing to test on. Its features are taken out of Redis afterwards."""
     namespace = f"eta_err_{uuid.uuid4().hex[:8]}"
-    return namespace, eta("train", "--orders", str(small_orders), "--namespace", namespace, "--train-until",
-                          "2030-01-01", api_url=prefect_server)
+    yield namespace, eta("train", "--orders", str(small_orders), "--namespace", namespace, "--train-until",
+                         "2030-01-01", api_url=prefect_server)
+    own = settings.in_namespace(namespace)
+    if (own.project_path / "registry.db").exists():
+        feature_store(own, "redis").teardown()
 
 
 def test_a_window_with_too_few_orders_trains_nothing(too_few_orders, settings):

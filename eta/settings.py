@@ -61,6 +61,7 @@ class GateSettings(BaseModel):
     market_regression_limit: float = Field(0.05, ge=0)  # no market's MAE may grow by more than this share
     coverage_band: tuple[float, float] = (0.75, 0.85)  # held-out coverage of the calibrated interval
     min_market_orders: int = Field(100, ge=1)  # each market with this many held-out orders must cover within the band too
+    market_coverage_confidence: float = Field(0.95, gt=0, lt=1)  # a market fails when this interval of its coverage misses the band
 
 
 class DriftSettings(BaseModel):

@@ -119,6 +119,9 @@ def lightgbm_params(config: TrainingSettings) -> dict[str, object]:
     }
 
 
+MARKET_COLUMN = MODEL_FEATURES.index("market_id")
+
+
 @dataclass(frozen=True)
 class EtaModel:
     """The point model (log-minutes) and the conformal range as log offsets around it, global and per market."""
@@ -212,6 +215,11 @@ def train_eta_model(split: TimeSplit, config: TrainingSettings) -> EtaModel:
 def typical_order(frame: pd.DataFrame) -> dict[str, float]:
     """Median request fields of the orders a model learned from: a quote's stand-in for the unknown basket."""
     return {name: float(frame[name].median()) for name in REQUEST_FIELDS if name not in ("created_at", "market_id")}
+
+
+def predict_frame(model: EtaModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point ETA and range of every order of a training-set frame: what `score` judges."""
+    return model.predict(model_inputs(frame))
 
 
 def score(model: EtaModel, frame: pd.DataFrame) -> dict[str, object]:

@@ -80,6 +80,20 @@ def test_the_per_market_check_ignores_markets_with_too_few_held_out_orders(noisy
         "interval coverage in band per market"]["detail"]
 
 
+def test_the_per_market_check_allows_for_sampling_noise_in_small_markets():
+    """A perfectly calibrated 80% range covers 100 orders anywhere from ~72% to ~88%: judged by its Wilson
+    interval, a market refuses only where the miss is more than chance."""
+    def decision(coverage: float, n: int) -> bool:
+        scores = {"mae_min": 1.0, "interval_coverage_80": 0.8,
+                  "by_market": {"1": {"n": n, "mae_min": 1.0, "interval_coverage_80": coverage}}}
+        return gate(scores, None, baseline_mae=100.0, behaviour=[], config=GATE).promote
+
+    assert decision(0.72, 100), "within chance of the band at 100 orders"
+    assert not decision(0.72, 2000), "the same share over 2,000 orders is a real miss"
+    assert not decision(0.60, 100), "far below the band even at 100 orders"
+    assert decision(0.95, 2000), "a range wider than it needs holds for its customers: named, not refused"
+
+
 def test_a_market_never_calibrated_gets_the_global_range(noisy_split, model):
     rows = noisy_split.holdout.head(50)
     for unseen in (99, np.nan):

@@ -119,9 +119,9 @@ def test_registry_lists_promotes_and_rolls_back(local_settings, simulated_split)
 
 
 def test_promoting_an_unknown_tag_is_refused(local_settings):
-    from bentoml.exceptions import NotFound
+    from eta.errors import UsageError
 
-    with pytest.raises(NotFound):
+    with pytest.raises(UsageError, match="no model .*doesnotexist.* in the model store"):
         promote(f"{local_settings.model_name}:doesnotexist", local_settings)
 
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -93,6 +93,60 @@ class GcpSettings(BaseModel):
     ingest_overlap_minutes: float = Field(120, ge=0)  # each incremental read re-covers this much: late rows
 
 
+class ServiceScaling(BaseModel):
+    """One Bento service's Kubernetes Deployment: replicas off-peak and during meal peaks, resources."""
+
+    min_replicas: int = Field(2, ge=1)  # off-peak floor of the autoscaler (2: a rollout or a lost node keeps one)
+    max_replicas: int = Field(10, ge=1)
+    peak_replicas: int = Field(4, ge=1)  # the autoscaler's floor during a meal peak (raised by CronJob beforehand)
+    cpu_request: str = "1"  # the HPA's utilization target is a share of this
+    cpu_limit: str = "2"
+    memory_request: str = "1Gi"
+    memory_limit: str = "2Gi"
+    service: str  # its @bentoml.service name in bentos/eta_service.py
+    depends_on: list[str] = []  # Bento services it calls (EtaOrder forwards /eta/quote to EtaQuote)
+
+    @model_validator(mode="after")
+    def _peak_within_bounds(self) -> ServiceScaling:
+        if not self.min_replicas <= self.peak_replicas <= self.max_replicas:
+            raise ValueError(f"peak_replicas {self.peak_replicas} must lie within min_replicas {self.min_replicas} "
+                             f"and max_replicas {self.max_replicas}")
+        return self
+
+
+class KubernetesSettings(BaseModel):
+    """What `eta manifests` renders: the services' Deployments, autoscalers and the meal-peak CronJobs."""
+
+    version: str = "1.34.0"  # the Kubernetes version the manifests are written for and validated against
+    namespace: str = Field("eta", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    image: str = "eta:latest"  # the Bento's image (`bentoml containerize eta:latest`)
+    flows_image: str = "eta-flows:latest"  # the Prefect flows' image (Kubernetes work pool)
+    kubectl_image: str = "registry.k8s.io/kubectl:v1.34.0"  # runs the CronJobs' `kubectl patch hpa`
+    timezone: str = "Etc/UTC"  # peak hours are counted and CronJobs scheduled in this zone
+    port: int = Field(3000, ge=1, le=65535)
+    hpa_target_cpu_percent: int = Field(60, ge=1, le=100)
+    pdb_min_available: int = Field(1, ge=0)
+    startup_seconds: int = Field(180, ge=10)  # model load, Feast registry, Redis pool and warm-up must fit in this
+    redis_secret: str = "eta-redis"  # Secret with key `url`: ETA_REDIS_URL (created outside the repo)
+    api_key_secret: str = "eta-api-key"  # Secret with key `api-key`: ETA_SERVING__API_KEY
+    data_claim: str = "eta-data"  # PersistentVolumeClaim holding the data folder (Feast registry, production pointer)
+    data_claim_size: str = "20Gi"
+    data_mount: str = "/var/lib/eta"
+    # Meal peaks: hours of the week whose mean orders reach peak_share of the busiest hour's, over the newest
+    # peak_history_days of orders held; the autoscaler's floor goes up peak_lead_minutes before each peak.
+    peak_share: float = Field(0.6, gt=0, le=1)
+    peak_history_days: int = Field(28, ge=7)
+    peak_lead_minutes: int = Field(30, ge=0, lt=24 * 60)
+    # One Deployment each (eta-order, eta-quote), as production runs the Bento's services apart.
+    order: ServiceScaling = ServiceScaling(service="EtaOrder", depends_on=["EtaQuote"])
+    quote: ServiceScaling = ServiceScaling(service="EtaQuote")
+
+    @property
+    def services(self) -> dict[str, ServiceScaling]:
+        """Deployment name -> its service."""
+        return {"eta-order": self.order, "eta-quote": self.quote}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ETA_", env_nested_delimiter="__", yaml_file=CONFIG_FILE, extra="ignore"
@@ -115,6 +169,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     profile: Literal["local", "gcp"] = "local"  # gcp: BigQuery offline store and orders, Memorystore Redis
     gcp: GcpSettings = GcpSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -79,9 +79,9 @@ class _Serving:
         client = redis_client(settings.redis_url, settings.redis_type)
         self.predictor = Predictor(self.eta_model, str(self.model.tag), settings, client, _telemetry())
         for _ in range(20):
-            await self.predictor.order(WARM_UP_ORDER)
+            await self.predictor.order(WARM_UP_ORDER, record=False)  # warm-up answers stay out of the log
             await self.predictor.quote(QuoteRequest(market_id=1, stores=[QuoteStore(
-                store_id=0, estimated_store_to_consumer_driving_duration=0)]))
+                store_id=0, estimated_store_to_consumer_driving_duration=0)]), record=False)
         self.predictor.quotes.fresh.clear()
         self.flushing = asyncio.create_task(_telemetry().flush_every(1.0))
         # Everything loaded so far lives as long as the worker: keep it out of every later collection.

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from eta.orders import ORDER_ID_PATTERN
 from eta.settings import get_settings
 
 _limits = get_settings()
@@ -40,7 +41,7 @@ class _Strict(BaseModel):
     @classmethod
     def _numbers_are_numbers(cls, value: object, info: ValidationInfo) -> object:
         """Pydantic would read `true` as 1 and "42" as 42; a request that sends them has a bug to hear about."""
-        if isinstance(value, bool) or (isinstance(value, str) and info.field_name != "created_at"):
+        if isinstance(value, bool) or (isinstance(value, str) and info.field_name not in ("created_at", "order_id")):
             raise ValueError("must be a JSON number")
         return value
 
@@ -48,6 +49,9 @@ class _Strict(BaseModel):
 class Order(_Strict):
     """A placed order, as the app knows it at checkout."""
 
+    order_id: str | None = Field(None, pattern=ORDER_ID_PATTERN, description=(
+        "The app's id of the order (1-64 letters, digits or _.:-), so its prediction joins the delivered order; "
+        "when omitted, derived from store, market, time, protocol and basket as ingestion derives it"))
     store_id: int = Field(ge=0, le=MAX_ID, description="Restaurant id")
     market_id: int = Field(ge=1, le=MAX_ID, description="City/region id")
     created_at: Moment | None = Field(None, description="Order time (UTC unless it says); now when omitted")
@@ -62,6 +66,8 @@ class Order(_Strict):
 
 
 class Eta(BaseModel):
+    prediction_id: str = Field(description="This answer's id in the prediction log (time-ordered hex)")
+    order_id: str = Field(description="The order's id: as sent, or derived from its fields")
     minutes: float = Field(description="Predicted minutes from order creation to delivery (median)")
     range_min: tuple[float, float] = Field(description="Calibrated 80% range in minutes, as shown to the customer")
     model_version: str

@@ -5,7 +5,9 @@ Every row that comes in leaves either accepted or rejected with a reason: counts
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,12 @@ ORDER_COLUMNS = [
     *ESTIMATE_COLUMNS,
 ]
 # A DoorDash row has no id: these fields together identify one order, so re-ingesting the same row is a no-op.
-IDENTITY_COLUMNS = ["market_id", "store_id", "created_at", "actual_delivery_time", *BASKET_COLUMNS, "order_protocol"]
+# Only fields the app knows when the order is placed, so the service (at request time) and ingestion (after
+# delivery) derive the same id and a logged prediction finds its order.
+IDENTITY_COLUMNS = ["market_id", "store_id", "created_at", "order_protocol", *BASKET_COLUMNS]
+# The app's own id, when a file or a request carries one: kept as is.
+ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,38 @@ def delivery_minutes(orders: pd.DataFrame) -> pd.Series:
     return (orders["actual_delivery_time"] - orders["created_at"]).dt.total_seconds() / 60.0
 
 
+def derived_order_id(market_id: float, store_id: float, created_at_us: int, order_protocol: float,
+                     *basket: float) -> str:
+    """The id of an order without one of its own: a hash of its IDENTITY_COLUMNS (created_at in UTC microseconds).
+
+    The one derivation both sides call: `order_ids` for a batch, `request_order_id` for a request.
+    Numbers are hashed as floats (an int 3 and a CSV's 3.0 are the same order).
+    """
+    text = "|".join([repr(float(market_id)), repr(float(store_id)), str(int(created_at_us)),
+                     repr(float(order_protocol)), *(repr(float(value)) for value in basket)])
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def request_order_id(fields: dict[str, object]) -> str:
+    """`derived_order_id` of one order's fields as a request carries them (created_at an aware datetime)."""
+    created_at = fields["created_at"]
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    return derived_order_id(fields["market_id"], fields["store_id"], micros, fields["order_protocol"],
+                            *(fields[column] for column in BASKET_COLUMNS))
+
+
 def order_ids(orders: pd.DataFrame) -> pd.Series:
-    """A stable id per order, derived from its identifying fields."""
-    hashed = pd.util.hash_pandas_object(orders[IDENTITY_COLUMNS], index=False)
-    return hashed.map(lambda h: f"{h:016x}")
+    """A stable id per order: its own `order_id` where it has one, else derived from its identifying fields."""
+    micros = orders["created_at"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]").astype(np.int64)
+    numbers = [orders[column].to_numpy(dtype=float, na_value=np.nan).tolist()
+               for column in ["market_id", "store_id", "order_protocol", *BASKET_COLUMNS]]
+    market, store, protocol, *basket = numbers
+    derived = pd.Series([derived_order_id(m, s, c, p, *b) for m, s, c, p, *b in
+                         zip(market, store, micros.tolist(), protocol, *basket)], index=orders.index, dtype=object)
+    if "order_id" not in orders.columns:
+        return derived
+    own = orders["order_id"]
+    return own.where(own.notna() & (own.astype(str).str.strip() != ""), derived).astype(str)
 
 
 def orders_schema(limits: ValidationSettings) -> pa.DataFrameSchema:
@@ -124,6 +159,11 @@ def _coerce(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.Series]:
             reasons[unparsed] += [f"{column}: cannot parse {v!r}; " for v in values[unparsed]]
         frame[column] = parsed
     frame["store_primary_category"] = frame["store_primary_category"].astype(object)
+    if "order_id" in raw.columns:  # the app's ids, kept as is; empty cells get derived ones
+        given = raw["order_id"].where(raw["order_id"].notna(), "").astype(str).str.strip()
+        bad = (given != "") & ~given.str.fullmatch(ORDER_ID_PATTERN)
+        reasons[bad] += [f"order_id: {v!r} is not 1-64 letters, digits or _.:- ; " for v in given[bad]]
+        frame["order_id"] = given.where(given != "")
     return frame, reasons
 
 

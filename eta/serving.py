@@ -4,7 +4,8 @@ Framework-free so the Bento services and the plain-FastAPI reference do exactly 
 Every answer is built by `model_inputs`, the function training uses. When Redis is slow or gone the
 core answers within the time budget from the last values it knew (or none: LightGBM routes missing
 features as it learned from stores without history), marks the answer degraded, and tries Redis
-again `redis_retry_after_s` later, so it recovers by itself.
+again `redis_retry_after_s` later, so it recovers by itself. Every order answer (and a sample of quote
+answers) is recorded in the prediction log (`eta.prediction_log`) before it is returned.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -25,6 +27,8 @@ from redis.exceptions import RedisError
 from eta.api import Eta, Order, Quote, QuoteRequest
 from eta.features import MARKET_STATE_FEATURES, REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
 from eta.online_features import MARKET_STATE, STORE_HISTORY, VIEWS, FeatureKey, FeatureVector, OnlineFeatureReader
+from eta.orders import request_order_id
+from eta.prediction_log import PredictionLog, new_prediction_id
 from eta.serving_cache import CoalescingCache, ExpiringDict, SharedCache
 from eta.settings import ServingSettings, Settings
 from eta.training import EtaModel
@@ -83,6 +87,8 @@ class Predictor:
         self.shared = SharedCache(client, f"eta:quote:{settings.feast_project}", self.config.quote_ttl_s)
         self.telemetry = telemetry or Telemetry()
         self.count = self.telemetry.count
+        self.log = PredictionLog(client, settings, self.count) if settings.prediction_log.enabled else None
+        self.quote_sample_rate = settings.prediction_log.quote_sample_rate
         self._retry_at = 0.0
         self._timeouts_in_a_row = 0
         self._paused_since: float | None = None
@@ -147,19 +153,23 @@ class Predictor:
         self.count(f"{cache}:hit", now.hits - before[0])
         self.count(f"{cache}:miss", now.misses - before[1])
 
-    async def order(self, order: Order) -> Eta:
+    async def order(self, order: Order, record: bool = True) -> Eta:
+        """The ETA of a placed order, recorded in the prediction log unless `record` is False (warm-up)."""
         (store, market), degraded = await self.vectors(
             [(STORE_HISTORY.name, order.store_id), (MARKET_STATE.name, order.market_id)]
         )
         row = order.model_dump()
         row["created_at"] = row["created_at"] or datetime.now(timezone.utc)
+        order_id = row.pop("order_id") or request_order_id(row)
         columns = {name: [value] for name, value in row.items()}
         columns.update(zip(STORE_HISTORY_FEATURES, ([v] for v in store.values)))
         columns.update(zip(MARKET_STATE_FEATURES, ([v] for v in market.values)))
         point, lower, upper = self.model.predict(model_inputs(columns), threads=1)
         if degraded:
             self.count("degraded:order", 1)
-        return Eta(
+        eta = Eta(
+            prediction_id=new_prediction_id(),
+            order_id=order_id,
             minutes=round(float(point[0]), 2),
             range_min=(round(float(lower[0]), 1), round(float(upper[0]), 1)),
             model_version=self.model_version,
@@ -167,6 +177,9 @@ class Predictor:
             store_features_found=store.found,
             market_features_found=market.found,
         )
+        if record and self.log is not None:
+            await self.log.write(_order_record(eta, row, store, market))
+        return eta
 
     def quote_keys(self, request: QuoteRequest) -> tuple[float, list[str]]:
         """The time the quote is computed for (its bucket's start) and one cache key per store.
@@ -185,7 +198,7 @@ class Predictor:
         step = self.config.quote_drive_step_s
         return int(round(seconds / step) * step)
 
-    async def quote(self, request: QuoteRequest) -> Quote:
+    async def quote(self, request: QuoteRequest, record: bool = True) -> Quote:
         at, keys = self.quote_keys(request)
         before = (self.quotes.hits, self.quotes.misses)
         by_key = dict(zip(keys, request.stores))
@@ -199,6 +212,8 @@ class Predictor:
         # Validated from plain dicts in one go (Rust): half the cost of constructing 50 models in Python.
         etas = [{"store_id": store.store_id, "minutes": point, "range_min": (low, high), "degraded": flag}
                 for store, (point, low, high, flag) in zip(request.stores, answers)]
+        if record and self.log is not None and random.random() < self.quote_sample_rate:
+            await self.log.write(_quote_record(self.model_version, at, request, answers, degraded))
         return Quote.model_validate({"model_version": self.model_version, "etas": etas, "degraded": degraded})
 
     async def _quote_misses(self, at: float, market_id: int, stores: list, keys: list[str]):
@@ -242,8 +257,10 @@ class Predictor:
                 for p, lo, hi in zip(point, lower, upper)]
 
     async def drain(self) -> None:
-        """Wait for the L2 writes still on their way (before a shutdown closes the pool)."""
+        """Wait for the L2 writes and a log replay still on their way (before a shutdown closes the pool)."""
         await asyncio.gather(*self._background)
+        if self.log is not None:
+            await self.log.drain()
 
     def _in_background(self, work) -> None:
         task = asyncio.create_task(self._quietly(work))
@@ -255,6 +272,32 @@ class Predictor:
             await work
         except DEPENDENCY_ERRORS as error:
             self._failed(error)
+
+
+def _age(vector: FeatureVector, now: float) -> float | None:
+    return None if vector.event_time is None else round(now - vector.event_time, 3)
+
+
+def _order_record(eta: Eta, row: dict, store: FeatureVector, market: FeatureVector) -> dict[str, object]:
+    """What the prediction log keeps of an order answer: the request, the features as the model got them
+    (with their age when served), and the answer as the customer saw it."""
+    now = time.time()
+    return {"prediction_id": eta.prediction_id, "kind": "order", "logged_at": now, "order_id": eta.order_id,
+            "model_version": eta.model_version, **row,
+            **dict(zip(STORE_HISTORY_FEATURES, store.values)), **dict(zip(MARKET_STATE_FEATURES, market.values)),
+            "store_history_age_s": _age(store, now), "market_state_age_s": _age(market, now),
+            "degraded": eta.degraded, "minutes": eta.minutes, "range_low": eta.range_min[0],
+            "range_high": eta.range_min[1]}
+
+
+def _quote_record(model_version: str, at: float, request: QuoteRequest, answers: list, degraded: bool
+                  ) -> dict[str, object]:
+    """A quote page as answered: per store its drive estimate, minutes, range and whether it was degraded."""
+    return {"prediction_id": new_prediction_id(), "kind": "quote", "logged_at": time.time(),
+            "model_version": model_version, "market_id": request.market_id,
+            "created_at": datetime.fromtimestamp(at, timezone.utc), "degraded": degraded,
+            "stores": [[store.store_id, store.estimated_store_to_consumer_driving_duration, *answer[:3], answer[3]]
+                       for store, answer in zip(request.stores, answers)]}
 
 
 def _encode(answer: tuple[float, float, float, bool]) -> bytes:

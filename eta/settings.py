@@ -95,6 +95,20 @@ class GcpSettings(BaseModel):
 
 class ServiceScaling(BaseModel):
     """One Bento service's Kubernetes Deployment: replicas off-peak and during meal peaks, resources."""
+class PredictionLogSettings(BaseModel):
+    """Every /eta/order answer (and a sample of /eta/quote answers) recorded in a Redis Stream, landed by a flow."""
+
+    enabled: bool = True  # off only to measure what logging costs
+    quote_sample_rate: float = Field(0.01, ge=0, le=1)  # quotes are many and cached: a share of them is enough
+    budget_ms: float = Field(5, gt=0)  # an XADD slower than this: the record goes to the worker's spool file
+    retry_after_s: float = Field(0.5, gt=0)  # after a failed XADD, spool without asking Redis this long
+    stream_max_len: int = Field(2_000_000, ge=1000)  # safety cap (approximate; ~1 kB an entry) if landing stops
+    land_max_entries: int = Field(200_000, ge=1)  # entries one landing run takes from the stream
+    land_batch: int = Field(10_000, ge=1)  # entries per XREADGROUP / Parquet file
+    claim_idle_s: float = Field(300, ge=0)  # entries read by a lander that died this long ago are claimed
+    bigquery_table: str = "predictions"  # gcp profile: table in gcp.dataset
+
+
 
     min_replicas: int = Field(2, ge=1)  # off-peak floor of the autoscaler (2: a rollout or a lost node keeps one)
     max_replicas: int = Field(10, ge=1)
@@ -181,6 +195,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+    prediction_log: PredictionLogSettings = PredictionLogSettings()
 
     @property
     def data_path(self) -> Path:

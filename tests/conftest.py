@@ -28,6 +28,8 @@ os.environ.update(
         # and caches must not turn degraded because this VM stalled; the tests of degradation set tiny
         # budgets, or a Redis that stalls, of their own.
         "ETA_SERVING__FEATURE_TIMEOUT_MS": "900",
+        # Likewise the prediction log's XADD budget: past it a record is spooled (tests of the spool stall Redis).
+        "ETA_PREDICTION_LOG__BUDGET_MS": "900",
         "BENTOML_HOME": str(SESSION_DIR / "bentoml"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
@@ -76,6 +78,7 @@ def _cleanup(settings: Settings):
 
     if (settings.project_path / "registry.db").exists():
         feature_store(settings, "redis").teardown()
+    _drop_prediction_log(settings)
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
@@ -112,3 +115,13 @@ def redis_store(local_settings, settings):
     materialize(store, tables["start"].to_pydatetime(), tables["end"].to_pydatetime())
     yield own, store, orders
     store.teardown()
+    _drop_prediction_log(own)
+
+
+def _drop_prediction_log(settings: Settings) -> None:
+    """The prediction stream answers in a test's Feast project wrote (eta.prediction_log)."""
+    import redis
+
+    from eta.prediction_log import stream_key
+
+    redis.Redis.from_url(settings.redis_url).delete(stream_key(settings.feast_project))

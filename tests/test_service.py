@@ -118,7 +118,7 @@ def test_prometheus_latency_histograms_count_requests_per_endpoint_and_status(se
 def test_the_request_schema_carries_exactly_the_fields_training_uses():
     from eta.api import Order
 
-    assert set(Order.model_fields) == {*ORDER_REQUEST_FIELDS, "created_at"}
+    assert set(Order.model_fields) == {*ORDER_REQUEST_FIELDS, "created_at", "order_id"}
 
 
 def _page(order: pd.Series, stores: int) -> dict:

@@ -68,6 +68,19 @@ class DriftSettings(BaseModel):
     recent_days: float = Field(2, gt=0)
 
 
+class MonitoringSettings(BaseModel):
+    """The weekly report: logged predictions of one ISO week against the production model's training reference."""
+
+    predictions_path: Path = Path("predictions")  # the landed, joined prediction log (Parquet), in the namespace's folder
+    max_rows: int = Field(50_000, ge=1000)  # a bigger week (and reference) is sampled to this many orders, seeded
+    sample_seed: int = 0
+    # Distances, not p-values: on tens of thousands of rows a test flags differences nobody would act on.
+    num_drift_method: str = "wasserstein"
+    cat_drift_method: str = "jensenshannon"
+    drift_threshold: float = Field(0.1, gt=0)
+    hour_bands: list[int] = [0, 6, 11, 14, 17, 21, 24]  # UTC band edges: night, morning, lunch, afternoon, dinner, late
+
+
 class ServingSettings(BaseModel):
     api_key: SecretStr | None = None  # set from a secret (ETA_SERVING__API_KEY); None leaves the API open
     max_stores: int = Field(100, ge=1, le=1000)  # stores per quote request (one restaurant list page)
@@ -180,6 +193,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     gate: GateSettings = GateSettings()
     drift: DriftSettings = DriftSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     serving: ServingSettings = ServingSettings()
     profile: Literal["local", "gcp"] = "local"  # gcp: BigQuery offline store and orders, Memorystore Redis
     gcp: GcpSettings = GcpSettings()

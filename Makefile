@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lock clean bench-accuracy bench-training bench-serving bench-faults bench-features
+.PHONY: venv demo test lock clean bench-accuracy bench-training bench-serving bench-faults bench-features manifests
 
 # The virtualenv is rebuilt whenever the lock file changes.
 $(BIN)/.synced: requirements.lock pyproject.toml
@@ -34,6 +34,11 @@ $(CHROMIUM):
 ## Run the whole test suite against the real Redis, Prefect server and `bentoml serve`.
 test: venv $(CRUCIBLE) $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+## Every Kubernetes manifest as one YAML stream: `make manifests | kubectl apply -f -`. The meal-peak CronJobs come
+## from the orders held in NAMESPACE (default: eta.yaml's feast_project).
+manifests: venv
+	@$(BIN)/eta manifests $(if $(NAMESPACE),--namespace $(NAMESPACE))
 
 ## Recompile requirements.lock after editing requirements.in.
 lock: venv

@@ -282,6 +282,35 @@ def feast_config(
     _print(write_feast_config(_namespaced(namespace), out))
 
 
+@app.command()
+def peaks(namespace: Namespace = None) -> None:
+    """Meal peaks of the namespace's orders (hour-of-week volume, lead time): when the services scale up and down."""
+    from eta.ingest import held_history
+    from eta.meal_peaks import meal_peaks
+
+    settings = _namespaced(namespace)
+    _print([window.as_dict() for window in meal_peaks(held_history(settings), settings.kubernetes)])
+
+
+@app.command()
+def manifests(namespace: Namespace = None) -> None:
+    """Every Kubernetes manifest as one YAML stream (for `kubectl apply -f -`), peak CronJobs from the namespace's orders."""
+    from eta.ingest import held_history
+    from eta.kubernetes import manifests as render, yaml_stream
+    from eta.meal_peaks import meal_peaks
+
+    settings = _namespaced(namespace)
+    typer.echo(yaml_stream(render(settings, meal_peaks(held_history(settings), settings.kubernetes))), nl=False)
+
+
+@app.command("work-pool-template")
+def work_pool_template() -> None:
+    """The Prefect Kubernetes work pool's base job template (JSON), for `prefect work-pool create --base-job-template`."""
+    from eta.kubernetes import work_pool_template as render
+
+    _print(render(get_settings()))
+
+
 def _namespaced(namespace: str | None):
     return get_settings() if namespace is None else get_settings().in_namespace(namespace)
 

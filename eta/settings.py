@@ -71,7 +71,7 @@ class DriftSettings(BaseModel):
 class MonitoringSettings(BaseModel):
     """The weekly report: logged predictions of one ISO week against the production model's training reference."""
 
-    predictions_path: Path = Path("predictions")  # the landed, joined prediction log (Parquet), in the namespace's folder
+    predictions_path: Path = Path("predictions_joined")  # the landed, joined log (Parquet, day=YYYY-MM-DD/ folders) in the namespace folder
     max_rows: int = Field(50_000, ge=1000)  # a bigger week (and reference) is sampled to this many orders, seeded
     sample_seed: int = 0
     # Distances, not p-values: on tens of thousands of rows a test flags differences nobody would act on.
@@ -95,19 +95,6 @@ class ServingSettings(BaseModel):
     l1_max_entries: int = Field(200_000, ge=100)
 
 
-class GcpSettings(BaseModel):
-    """Production on Google Cloud: BigQuery holds the orders and Feast's offline store."""
-
-    project: str = "eta-prod"
-    dataset: str = "eta"
-    orders_table: str = "orders"
-    location: str = "US"
-    api_endpoint: str | None = None  # a BigQuery emulator's address (tests); None: Google's own
-    ingest_overlap_minutes: float = Field(120, ge=0)  # each incremental read re-covers this much: late rows
-
-
-class ServiceScaling(BaseModel):
-    """One Bento service's Kubernetes Deployment: replicas off-peak and during meal peaks, resources."""
 class PredictionLogSettings(BaseModel):
     """Every /eta/order answer (and a sample of /eta/quote answers) recorded in a Redis Stream, landed by a flow."""
 
@@ -122,6 +109,19 @@ class PredictionLogSettings(BaseModel):
     bigquery_table: str = "predictions"  # gcp profile: table in gcp.dataset
 
 
+class GcpSettings(BaseModel):
+    """Production on Google Cloud: BigQuery holds the orders and Feast's offline store."""
+
+    project: str = "eta-prod"
+    dataset: str = "eta"
+    orders_table: str = "orders"
+    location: str = "US"
+    api_endpoint: str | None = None  # a BigQuery emulator's address (tests); None: Google's own
+    ingest_overlap_minutes: float = Field(120, ge=0)  # each incremental read re-covers this much: late rows
+
+
+class ServiceScaling(BaseModel):
+    """One Bento service's Kubernetes Deployment: replicas off-peak and during meal peaks, resources."""
 
     min_replicas: int = Field(2, ge=1)  # off-peak floor of the autoscaler (2: a rollout or a lost node keeps one)
     max_replicas: int = Field(10, ge=1)
@@ -195,6 +195,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     serving: ServingSettings = ServingSettings()
+    prediction_log: PredictionLogSettings = PredictionLogSettings()
     profile: Literal["local", "gcp"] = "local"  # gcp: BigQuery offline store and orders, Memorystore Redis
     gcp: GcpSettings = GcpSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
@@ -209,7 +210,6 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
-    prediction_log: PredictionLogSettings = PredictionLogSettings()
 
     @property
     def data_path(self) -> Path:

@@ -56,29 +56,18 @@ def peak_hours(volume: pd.Series, share: float) -> list[int]:
 
 
 def merge_windows(hours: list[int], lead_minutes: int) -> list[PeakWindow]:
-    """Consecutive peak hours as windows, wrapping Sunday -> Monday; windows closer than the lead time are one
-    (scaling down only to scale up again minutes later would just churn pods)."""
-    if not hours:
-        return []
-    if len(hours) == HOURS_PER_WEEK:  # every hour is as busy as the busiest: no off-peak to scale down in
-        return [PeakWindow(0, MINUTES_PER_WEEK, 0)]
-    spans: list[list[int]] = []  # [start hour, end hour) runs
+    """Consecutive peak hours as windows, across Sunday -> Monday too; windows no further apart than the lead time
+    are one (scaling down only to scale up again minutes later would just churn pods). A week without an off-peak
+    gap longer than the lead has nothing to schedule: its floor belongs in min_replicas, so no windows."""
+    merged: list[list[int]] = []  # [start, end) minutes of the week
     for hour in sorted(hours):
-        if spans and spans[-1][1] == hour:
-            spans[-1][1] = hour + 1
+        if merged and hour * 60 - merged[-1][1] <= lead_minutes:
+            merged[-1][1] = hour * 60 + 60
         else:
-            spans.append([hour, hour + 1])
-    if len(spans) > 1 and spans[0][0] == 0 and spans[-1][1] == HOURS_PER_WEEK:
-        first = spans.pop(0)
-        spans[-1][1] = HOURS_PER_WEEK + first[1]
-    windows = [[start * 60, end * 60] for start, end in spans]
-    merged: list[list[int]] = []
-    for window in windows:
-        if merged and window[0] - merged[-1][1] <= lead_minutes:
-            merged[-1][1] = window[1]
-        else:
-            merged.append(window)
-    if len(merged) > 1 and merged[0][0] + MINUTES_PER_WEEK - merged[-1][1] <= lead_minutes:
+            merged.append([hour * 60, hour * 60 + 60])
+    if merged and merged[0][0] + MINUTES_PER_WEEK - merged[-1][1] <= lead_minutes:
+        if len(merged) == 1:
+            return []
         first = merged.pop(0)
         merged[-1][1] = first[1] + MINUTES_PER_WEEK
     return [PeakWindow(start, end, (start - lead_minutes) % MINUTES_PER_WEEK) for start, end in merged]

@@ -7,8 +7,6 @@ from feast import Entity
 
 from eta.feature_store import apply_definitions, feature_store, push_market_state
 from eta.feature_tables import write_feature_tables
-from eta.ingest import ingest_batch
-from eta.orders import validate_orders
 from eta.settings import SimulationSettings
 from eta.simulate import simulate_orders
 
@@ -56,14 +54,30 @@ def test_ingest_flow_pushes_the_new_batch_without_waiting_for_materialization(re
 
 
 def test_ingest_does_not_push_before_the_push_source_is_applied(local_settings):
+    """The ingest flow's own task: before `eta features` applied the definitions there is nothing to push to
+    (the batch is still ingested); once applied, the next batch's market state is pushed and online."""
     from eta.feature_store import can_push_market_state
+    from flows.ingest import ingest
 
     store = feature_store(local_settings)
     assert not can_push_market_state(store), "no registry yet"
     store.apply([Entity(name="store", join_keys=["store_id"])])  # a registry as a version without the push left it
     assert not can_push_market_state(store)
     orders = simulate_orders(SimulationSettings(markets=1, stores=2, days=1, seed=3))
-    ingest_batch(validate_orders(orders, local_settings.validation), local_settings)
+    first = local_settings.project_path / "first.csv"
+    first.parent.mkdir(parents=True, exist_ok=True)
+    orders.to_csv(first, index=False)
+    report = ingest.fn(str(first), local_settings)
+    assert report["new_orders"] == len(orders) and "markets_pushed" not in report
+
     write_feature_tables(local_settings)
     apply_definitions(store, local_settings)
     assert can_push_market_state(store)
+    later = orders.tail(1).assign(created_at=orders["actual_delivery_time"].max() + pd.Timedelta(minutes=5),
+                                  total_onshift_dashers=77.0)
+    later["actual_delivery_time"] = later["created_at"] + pd.Timedelta(minutes=30)
+    second = local_settings.project_path / "second.csv"
+    later.to_csv(second, index=False)
+    report = ingest.fn(str(second), local_settings)
+    assert report["markets_pushed"] == 1
+    assert _online_onshift(feature_store(local_settings), local_settings, int(later["market_id"].iloc[0])) == 77.0

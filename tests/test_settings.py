@@ -14,7 +14,9 @@ def test_env_vars_override_the_yaml_and_nested_sections(monkeypatch):
     monkeypatch.setenv("ETA_GATE__MAE_MARGIN", "0.3")
     settings = Settings()
     assert settings.training.num_boost_round == 77 and settings.gate.mae_margin == 0.3
-    assert settings.training.interval == 0.8, "untouched fields keep the YAML's values"
+    defaults = type(settings.training)()
+    assert (settings.training.learning_rate, settings.training.num_leaves) == (0.03, 15), "untouched fields keep the YAML's values"
+    assert (defaults.learning_rate, defaults.num_leaves) != (0.03, 15), "values only the YAML gives, not the code's defaults"
 
 
 def test_a_bad_value_names_the_field(monkeypatch):

@@ -50,7 +50,7 @@ def ingest(orders_file: str | None, settings: Settings) -> dict[str, object]:
     return report
 
 
-@flow(name="ingest-orders", log_prints=True)
+@flow(name="ingest-orders", log_prints=True, timeout_seconds=1800)
 def ingest_orders(
     orders_file: str | None = None,
     namespace: str | None = None,

@@ -19,7 +19,7 @@ from flows.ingest import ingest_orders
 from flows.train import train_model
 
 
-@flow(name="eta-pipeline", log_prints=True)
+@flow(name="eta-pipeline", log_prints=True, timeout_seconds=7200)
 def eta_pipeline(
     orders_file: str | None = None,
     namespace: str | None = None,

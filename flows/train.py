@@ -82,7 +82,7 @@ def _metrics_table(result: dict[str, object]) -> list[dict[str, object]]:
     return [{"model": name, **{c: round(m[c], 3) if c in m else None for c in METRIC_COLUMNS}} for name, m in rows]
 
 
-@flow(name="train-model", log_prints=True)
+@flow(name="train-model", log_prints=True, timeout_seconds=3600)
 def train_model(
     namespace: str | None = None,
     train_until: str | None = None,

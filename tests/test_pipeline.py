@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import redis
-import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -24,7 +20,6 @@ from prefect.client.schemas.filters import (
 from eta.feature_store import feature_store
 from eta.ingest import read_history
 from eta.registry import model_metadata, production_tag
-from eta.settings import PROJECT_ROOT
 
 STAGES = ["ingest", "features", "train", "build", "drift"]
 
@@ -126,17 +121,3 @@ def test_rerunning_ingest_and_training_is_safe_and_the_gate_refuses_a_model_no_b
     assert again["champion_metrics"]["mae_min"] == again["metrics"]["mae_min"], "champion scored on the same window"
     assert production_tag(settings) == before
 
-
-def test_prefect_yaml_deploys_with_schedules(prefect_server):
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    subprocess.run([prefect, "work-pool", "create", "eta", "--type", "process"], env=env, check=False,
-                   capture_output=True, cwd=PROJECT_ROOT)
-    result = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, capture_output=True, text=True,
-                            cwd=PROJECT_ROOT, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    declared = {d["name"]: d["schedules"][0]["cron"] for d in yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]}
-    with get_client(sync_client=True) as client:
-        deployed = {d.name: d for d in client.read_deployments()}
-    for name, cron in declared.items():
-        assert name in deployed and deployed[name].schedules[0].schedule.cron == cron

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from distributed import Client, LocalCluster
 
 from eta.features import model_inputs
 from eta.orders import delivery_minutes
@@ -18,7 +19,14 @@ def test_local_cluster_training_matches_in_process_metrics():
     local = TrainingSettings(num_boost_round=80)
     split = split_by_time(frame, local)
     in_process = score(train_eta_model(split, local), split.holdout)
-    distributed_model = train_eta_model(split, local.model_copy(update={"dask_scheduler": "local"}))
+    # A cluster of the test's own, given by address as a production scheduler would be, so the test can ask
+    # its scheduler what ran there.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        distributed_model = train_eta_model(split, local.model_copy(update={"dask_scheduler": cluster.scheduler_address}))
+        with Client(cluster) as client:
+            ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert "train_part" in ran, f"LightGBM's distributed training ran on the cluster: {ran}"
+    assert "[num_machines: 2]" in distributed_model.point.model_to_string(), "each model trained on both workers"
     on_dask = score(distributed_model, split.holdout)
     assert abs(on_dask["mae_min"] - in_process["mae_min"]) < 0.05 * in_process["mae_min"]
     assert abs(on_dask["interval_coverage_80"] - in_process["interval_coverage_80"]) < 0.05

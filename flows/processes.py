@@ -31,7 +31,7 @@ def answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def server_process(
-    command: list[str], ready_url: str, env: dict[str, str], log_path: Path, startup_timeout_s: float = 120.0
+    command: list[str], ready_url: str, env: dict[str, str], log_path: Path, startup_timeout_s: float = 300.0
 ) -> Iterator[None]:
     """Run `command` until the block ends; enter the block once `ready_url` answers 200."""
     log_path.parent.mkdir(parents=True, exist_ok=True)

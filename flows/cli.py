@@ -262,6 +262,14 @@ def drift(namespace: Namespace = None, recent_days: Optional[float] = None) -> N
 
 
 @app.command()
+def land(namespace: Namespace = None) -> None:
+    """Land the prediction log (Redis Stream) as Parquet and join predictions with their delivered orders."""
+    from flows.land_predictions import land_predictions
+
+    _print(_run(land_predictions, namespace=namespace))
+
+
+@app.command()
 def staleness(namespace: Namespace = None) -> None:
     """Age of the newest value per feature view in the Redis online store."""
     from eta.staleness import online_staleness

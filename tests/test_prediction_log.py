@@ -1,0 +1,307 @@
+"""The prediction log end to end: recorded before the answer leaves, spooled when Redis is down or stalled,
+replayed, landed through the real Prefect server idempotently, joined with orders ingested later, and one
+answer of the real `bentoml serve` found in the landed log.
+
+Each test's stream is its Feast project's (`redis_store`: db 14, dropped afterwards); the Redis-loss tests
+run a `redis-server` of their own (with an fsync'd append-only file, as a managed Redis keeps what it
+acknowledged) that they kill or stop (SIGSTOP: a Redis that truly stalls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import signal
+import subprocess
+import time
+from datetime import date
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from eta.api import Order, QuoteRequest, QuoteStore
+from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, ORDER_REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
+from eta.ingest import ingest_batch, read_history
+from eta.online_features import MARKET_STATE, STORE_HISTORY, OnlineFeatureReader
+from eta.orders import delivery_minutes, load_orders_file, validate_orders
+from eta.prediction_log import FIELD, decode, spool_dir, stream_key
+from eta.serving import Predictor, redis_client
+from eta.settings import SimulationSettings, get_settings
+from eta.simulate import simulate_orders
+from flows.processes import free_port
+from tests.test_serving_core import model  # noqa: F401 - the small real booster fixture
+
+
+def _order(row: pd.Series, **extra) -> Order:
+    return Order(**{field: getattr(row[field], "item", lambda: row[field])() for field in ORDER_REQUEST_FIELDS},
+                 created_at=row["created_at"].to_pydatetime(), **extra)
+
+
+def _records(settings) -> dict[str, dict]:
+    client = redis.Redis.from_url(settings.redis_url)
+    return {record["prediction_id"]: record
+            for record in (decode(fields[FIELD]) for _, fields in client.xrange(stream_key(settings.feast_project)))}
+
+
+async def _with_predictor(model, settings, work, url=None):
+    client = redis_client(url or settings.redis_url)
+    predictor = Predictor(model, "m:1", settings, client)
+    try:
+        return await work(predictor)
+    finally:
+        await predictor.drain()
+        await client.aclose()
+
+
+def _nan_as_none(values) -> list:
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+
+
+def test_every_order_answer_is_recorded_with_the_features_and_answer_the_model_gave(model, redis_store):
+    settings, _, orders = redis_store
+    rows = orders.tail(12)
+    requests = [_order(row, order_id=f"app-{i}") if i % 3 == 0 else _order(row) for i, (_, row) in
+                enumerate(rows.iterrows())]
+
+    async def work(predictor):
+        answers = [await predictor.order(request) for request in requests]
+        reader = OnlineFeatureReader(predictor.reader.client, settings.feast_project)
+        online = await reader.read([key for r in requests for key in ((STORE_HISTORY.name, r.store_id),
+                                                                       (MARKET_STATE.name, r.market_id))])
+        return answers, online
+
+    answers, online = asyncio.run(_with_predictor(model, settings, work))
+    records = _records(settings)
+    assert set(records) == {a.prediction_id for a in answers}, "every answer, and only answers, recorded"
+    ingested_ids = validate_orders(rows, settings.validation).accepted["order_id"].tolist()
+    for i, (request, answer) in enumerate(zip(requests, answers)):
+        record = records[answer.prediction_id]
+        expected_id = f"app-{i}" if i % 3 == 0 else ingested_ids[i]
+        assert answer.order_id == record["order_id"] == expected_id, "derived as ingestion derives it"
+        assert record["kind"] == "order" and record["model_version"] == "m:1" and not record["degraded"]
+        for field in ORDER_REQUEST_FIELDS:
+            assert record[field] == getattr(request, field), field
+        store, market = online[2 * i], online[2 * i + 1]
+        assert [record[f] for f in STORE_HISTORY_FEATURES] == _nan_as_none(store.values)
+        assert [record[f] for f in MARKET_STATE_FEATURES] == _nan_as_none(market.values)
+        assert record["store_history_age_s"] == pytest.approx(record["logged_at"] - store.event_time, abs=0.01)
+        assert record["market_state_age_s"] == pytest.approx(record["logged_at"] - market.event_time, abs=0.01)
+        # The model on the recorded inputs gives the recorded answer: they are the inputs it used.
+        columns = {name: [np.nan if record[name] is None else record[name]] for name in
+                   [*ORDER_REQUEST_FIELDS, *STORE_HISTORY_FEATURES, *MARKET_STATE_FEATURES]}
+        columns["created_at"] = [pd.Timestamp(record["created_at"])]
+        point, low, high = model.predict(model_inputs(columns), threads=1)
+        assert record["minutes"] == answer.minutes == round(float(point[0]), 2)
+        assert (record["range_low"], record["range_high"]) == answer.range_min == (round(float(low[0]), 1),
+                                                                                   round(float(high[0]), 1))
+
+
+def test_a_request_order_id_outside_its_bounds_is_refused():
+    fields = {"store_id": 1, "market_id": 1, "order_protocol": 1, "total_items": 1, "subtotal": 100,
+              "num_distinct_items": 1, "min_item_price": 100, "max_item_price": 100,
+              "estimated_order_place_duration": 1, "estimated_store_to_consumer_driving_duration": 1}
+    assert Order(**fields, order_id="A-1:b_2.c").order_id == "A-1:b_2.c"
+    for bad in ("", "a b", "x" * 65, 42):
+        with pytest.raises(ValueError, match="order_id"):
+            Order(**fields, order_id=bad)
+
+
+def test_an_orders_file_keeps_its_own_order_ids_and_derives_the_missing_ones(settings):
+    orders = simulate_orders(SimulationSettings(markets=1, stores=3, days=1, seed=3)).head(4)
+    derived = validate_orders(orders, settings.validation).accepted["order_id"]
+    given = validate_orders(orders.assign(order_id=["app-1", None, "app-3", ""]), settings.validation).accepted
+    assert given["order_id"].tolist() == ["app-1", derived[1], "app-3", derived[3]]
+    refused = validate_orders(orders.assign(order_id=["ok", "not ok", "ok2", "ok3"]), settings.validation)
+    assert len(refused.rejected) == 1 and refused.rejected["reason"][0].startswith("order_id:")
+
+
+def test_quotes_are_recorded_at_the_sampling_rate(model, redis_store):
+    settings, _, orders = redis_store
+    stores = [int(s) for s in orders["store_id"].unique()[:3]]
+    page = QuoteRequest(market_id=int(orders["market_id"].iloc[0]), stores=[
+        QuoteStore(store_id=s, estimated_store_to_consumer_driving_duration=600) for s in stores])
+
+    def quotes_at(rate: float) -> list[dict]:
+        config = settings.model_copy(update={"prediction_log": settings.prediction_log.model_copy(
+            update={"quote_sample_rate": rate})})
+        before = set(_records(settings))
+        answers = asyncio.run(_with_predictor(model, config, lambda p: asyncio.gather(*[p.quote(page) for _ in range(5)])))
+        new = [record for pid, record in _records(settings).items() if pid not in before]
+        return answers, new
+
+    answers, every = quotes_at(1.0)
+    assert len(every) == 5 and all(record["kind"] == "quote" for record in every)
+    assert [store[0] for store in every[0]["stores"]] == stores
+    assert [store[2] for store in every[0]["stores"]] == [eta.minutes for eta in answers[0].etas]
+    assert quotes_at(0.0)[1] == []
+
+
+@pytest.fixture
+def durable_redis(tmp_path):
+    """A redis-server of this test's own that fsyncs every write (a managed Redis keeps what it acknowledged)."""
+    port = free_port()
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)],
+                                   stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60  # a start-up deadline only a broken server reaches
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=port).ping():
+                    return process
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    server = {"process": start(), "start": start}
+    yield port, server
+    server["process"].send_signal(signal.SIGCONT)
+    server["process"].kill()
+    server["process"].wait()
+
+
+def _spool_files(settings) -> list:
+    folder = spool_dir(settings)
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("failure", ["killed", "stalled"])
+def test_without_redis_records_are_spooled_and_replayed_when_it_is_back_nothing_lost(model, redis_store,
+                                                                                      durable_redis, failure):
+    settings, _, orders = redis_store
+    port, server = durable_redis
+    url = f"redis://127.0.0.1:{port}/0"
+    # Budgets a stalled Redis always overruns (it never answers) and a healthy one keeps on a slow machine.
+    config = settings.model_copy(update={
+        "redis_url": url, "serving": settings.serving.model_copy(update={"feature_timeout_ms": 300}),
+        "prediction_log": settings.prediction_log.model_copy(update={"budget_ms": 300, "retry_after_s": 0.2})})
+    rows = list(orders.tail(9).iterrows())
+
+    async def work(predictor):
+        answers = [await predictor.order(_order(row)) for _, row in rows[:3]]
+        if failure == "killed":
+            server["process"].kill()
+            server["process"].wait()
+        else:
+            server["process"].send_signal(signal.SIGSTOP)
+        answers += [await predictor.order(_order(row)) for _, row in rows[3:8]]
+        spooled = [line for path in _spool_files(config) for line in path.read_bytes().splitlines()]
+        if failure == "killed":
+            server["process"] = server["start"]()  # its append-only file brings back what it acknowledged
+        else:
+            server["process"].send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.3)  # past retry_after_s: the next record goes to Redis again
+        answers.append(await predictor.order(_order(rows[8][1])))
+        await predictor.drain()  # the replay the successful XADD started
+        return answers, spooled
+
+    answers, spooled = asyncio.run(_with_predictor(model, config, work, url=url))
+    assert all(answer.degraded for answer in answers[3:8]), "Redis was gone for these answers"
+    assert {decode(line)["prediction_id"] for line in spooled} == {a.prediction_id for a in answers[3:8]}
+    assert set(_records(config)) >= {a.prediction_id for a in answers}, "every answered prediction is in the stream"
+    assert _spool_files(config) == [], "a replayed spool is deleted"
+
+
+def _land(namespace: str) -> dict:
+    from flows.land_predictions import land_predictions
+
+    get_settings.cache_clear()
+    return land_predictions(namespace=namespace)
+
+
+def _landed(settings) -> pd.DataFrame:
+    from flows.land_predictions import predictions_path
+
+    return pd.read_parquet(predictions_path(settings))
+
+
+def test_landing_claims_what_a_dead_reader_left_trims_only_after_writing_and_never_duplicates(
+        model, redis_store, prefect_server, monkeypatch):
+    from flows.land_predictions import GROUP, predictions_path
+
+    settings, _, orders = redis_store
+    answers = asyncio.run(_with_predictor(model, settings, lambda p: asyncio.gather(
+        *[p.order(_order(row)) for _, row in orders.tail(30).iterrows()])))
+    client, key = redis.Redis.from_url(settings.redis_url), stream_key(settings.feast_project)
+    recorded = {decode(fields[FIELD])["prediction_id"]: fields[FIELD] for _, fields in client.xrange(key)}
+    client.xgroup_create(key, GROUP, id="0", mkstream=True)
+    client.xreadgroup(GROUP, "died", {key: ">"}, count=5)  # read, never acknowledged: its lander died
+
+    predictions_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    predictions_path(settings).write_text("not a folder")  # the landing's write fails
+    with pytest.raises(OSError):
+        _land(settings.feast_project)
+    assert client.xlen(key) == 30, "nothing trimmed before it is landed"
+    assert client.xpending(key, GROUP)["pending"] == 30
+
+    predictions_path(settings).unlink()
+    monkeypatch.setenv("ETA_PREDICTION_LOG__CLAIM_IDLE_S", "0")  # the dead lander's entries may be taken now
+    first = _land(settings.feast_project)
+    assert first["landed"] == 30 and first["stream_left"] == 0 and client.xlen(key) == 0
+    assert client.xpending(key, GROUP)["pending"] == 0
+
+    # A spooled copy of records that also reached Redis comes back: landed once only.
+    for answer in answers[:10]:
+        client.xadd(key, {FIELD: recorded[answer.prediction_id]})
+    second = _land(settings.feast_project)
+    assert second["landed"] == 0 and second["duplicates_skipped"] == 10 and client.xlen(key) == 0
+    landed = _landed(settings)
+    assert landed["prediction_id"].is_unique and set(landed["prediction_id"]) == {a.prediction_id for a in answers}
+
+
+def test_predictions_of_orders_ingested_later_are_joined_by_a_later_run(model, redis_store, prefect_server,
+                                                                        tmp_path):
+    settings, _, _ = redis_store
+    later = simulate_orders(SimulationSettings(markets=2, stores=10, days=1, seed=21, start=date(2026, 10, 5)))
+    orders_file = tmp_path / "later_orders.csv"
+    later.to_csv(orders_file, index=False)  # what the app later exports, with no ids of its own
+    answers = asyncio.run(_with_predictor(model, settings, lambda p: asyncio.gather(
+        *[p.order(_order(row)) for _, row in later.iterrows()])))
+
+    before = _land(settings.feast_project)
+    assert before["landed"] == len(later) and before["joined"] == 0 and before["unjoined"] == len(later)
+
+    ingest_batch(load_orders_file(orders_file, settings.validation), settings)
+    after = _land(settings.feast_project)
+    assert after["landed"] == 0 and after["joined"] == len(later) and after["unjoined"] == 0
+
+    from flows.land_predictions import joined_path
+
+    joined = pd.read_parquet(joined_path(settings))
+    assert set(joined["prediction_id"]) == {a.prediction_id for a in answers}
+    history = read_history(settings).set_index("order_id")
+    expected = delivery_minutes(history.loc[joined["order_id"]]).to_numpy()
+    np.testing.assert_allclose(joined["actual_minutes"].to_numpy(), expected)
+    served = model_inputs({name: joined[name] for name in [*ORDER_REQUEST_FIELDS, "created_at",
+                                                           *STORE_HISTORY_FEATURES, *MARKET_STATE_FEATURES]})
+    np.testing.assert_array_equal(joined[MODEL_FEATURES].to_numpy(), served)
+    for column in ("kind", "logged_at", "model_version", "store_history_age_s", "market_state_age_s", "degraded",
+                   "minutes", "range_low", "range_high"):
+        assert column in joined.columns
+    minutes = {a.prediction_id: a.minutes for a in answers}
+    assert joined["minutes"].tolist() == [minutes[p] for p in joined["prediction_id"]]
+
+
+def test_an_answer_of_the_real_service_is_in_the_landed_log_joined_with_its_order(service_url, settings,
+                                                                                  prefect_server):
+    order = read_history(settings).iloc[-1]
+    body = {field: order[field].item() for field in ORDER_REQUEST_FIELDS} | {"created_at": order["created_at"].isoformat()}
+    answer = httpx.post(f"{service_url}/eta/order", json=body, timeout=10).json()
+    assert answer["order_id"] == order["order_id"], "the service derives the id ingestion gave the order"
+
+    from flows.land_predictions import joined_path, land_predictions
+
+    summary = land_predictions()
+    assert summary["landed"] >= 1
+    landed = _landed(settings)
+    assert answer["prediction_id"] in set(landed["prediction_id"])
+    joined = pd.read_parquet(joined_path(settings))
+    row = joined[joined["prediction_id"] == answer["prediction_id"]].iloc[0]
+    assert row["minutes"] == answer["minutes"] and row["order_id"] == order["order_id"]
+    assert row["actual_minutes"] == pytest.approx((order["actual_delivery_time"] - order["created_at"]).total_seconds() / 60)

@@ -32,6 +32,21 @@ class ValidationSettings(BaseModel):
     max_items: int = Field(500, ge=1)
 
 
+class WorldChange(BaseModel):
+    """A change in the simulated world from `from_day` on (in `market`, or everywhere when None).
+
+    rain: real drives take `size` longer (+0.4: 40%) while the routing estimate stays as it was;
+    courier_shortage: `size` of the couriers stay home (busy ratio and outstanding orders rise);
+    menu_change: baskets `size` * 5 items bigger and kitchens `size` slower;
+    new_stores: the last `size` share of stores open that day, without history.
+    """
+
+    kind: Literal["rain", "courier_shortage", "menu_change", "new_stores"]
+    from_day: int = Field(ge=0)
+    market: int | None = Field(None, ge=1)
+    size: float = Field(gt=0, le=5)
+
+
 class SimulationSettings(BaseModel):
     markets: int = Field(3, ge=1)
     stores: int = Field(60, ge=1)
@@ -39,6 +54,7 @@ class SimulationSettings(BaseModel):
     orders_per_store_day: float = Field(12, gt=0)
     seed: int = 7
     start: date = date(2026, 10, 1)
+    changes: list[WorldChange] = []  # scenarios: the same world, changed from a given day
 
 
 class TrainingSettings(BaseModel):

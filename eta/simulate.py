@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from eta.settings import SimulationSettings
+from eta.settings import SimulationSettings, WorldChange
 
 CATEGORIES = ["american", "pizza", "mexican", "burger", "sandwich", "chinese", "japanese", "indian", "thai", "cafe"]
 PLACE_SECONDS_BY_PROTOCOL = np.array([251.0, 251.0, 446.0, 251.0, 446.0, 251.0, 446.0])
@@ -60,21 +60,35 @@ def simulate_orders(config: SimulationSettings) -> pd.DataFrame:
 
     market_idx = store_market[store_idx] - 1
     state = {k: v[market_idx, minute] for k, v in _market_state(rng, config.markets, minutes, start.dayofweek).items()}
+    # Every random draw below is made for every order, changed world or not, so a scenario's days before
+    # its change are exactly the unchanged world's.
+    changed = {change.kind: _changed(change, minute, market_idx) for change in config.changes}
+    shortage = _size(config, "courier_shortage")
+    if "courier_shortage" in changed:
+        rows = changed["courier_shortage"]
+        state["total_onshift_dashers"] = np.where(rows, np.maximum(1, np.round(state["total_onshift_dashers"] * (1 - shortage))),
+                                                  state["total_onshift_dashers"])
+        state["total_outstanding_orders"] = np.where(rows, np.round(state["total_outstanding_orders"] * (1 + shortage)),
+                                                     state["total_outstanding_orders"])
+        state["total_busy_dashers"] = np.minimum(state["total_onshift_dashers"], np.round(state["total_outstanding_orders"] * 0.85))
 
     items = 1 + rng.poisson(1.8, size=n)
     distinct = np.minimum(items, 1 + rng.binomial(items - 1, 0.6))
     item_price = rng.lognormal(np.log(900), 0.45, size=(n, 2))
     min_price, max_price = np.round(item_price.min(axis=1)), np.round(item_price.max(axis=1))
+    menu = _size(config, "menu_change") * changed.get("menu_change", 0)
+    extra_items = np.round(5 * menu)
+    items, distinct = items + extra_items, distinct + extra_items
     subtotal = np.round(items * (min_price + max_price) / 2 * rng.uniform(0.9, 1.1, size=n))
     protocol = store_protocol[store_idx]
     place_s = PLACE_SECONDS_BY_PROTOCOL[protocol - 1]
     drive_s = np.clip(rng.lognormal(np.log(550), 0.45, size=n), 60, 2400).round()
 
     kitchen_load = 1 + 0.5 * rate[minute] * store_popularity[store_idx] / store_popularity.mean() / rate.max()
-    prep = store_prep_minutes[store_idx] * (1 + 0.07 * (items - 1)) * kitchen_load
+    prep = store_prep_minutes[store_idx] * (1 + 0.07 * (items - 1)) * kitchen_load * (1 + menu)
     pressure = state["total_outstanding_orders"] / state["total_onshift_dashers"]
     courier_wait = 2 + 10 * np.maximum(0, pressure - 0.8)
-    drive = drive_s / 60 * rng.lognormal(0, 0.15, size=n)
+    drive = drive_s / 60 * rng.lognormal(0, 0.15, size=n) * (1 + _size(config, "rain") * changed.get("rain", 0))
     tail = np.where(rng.random(n) < 0.05, rng.exponential(25, size=n), 0)
     minutes_total = place_s / 60 * rng.uniform(0.8, 1.3, size=n) + prep + courier_wait + drive + tail
     minutes_total += rng.normal(0, 3, size=n)
@@ -100,4 +114,17 @@ def simulate_orders(config: SimulationSettings) -> pd.DataFrame:
     )
     orders["created_at"] = orders["created_at"].dt.floor("s")
     orders["actual_delivery_time"] = orders["actual_delivery_time"].dt.floor("s")
+    if "new_stores" in changed:
+        opening = store_idx >= config.stores * (1 - _size(config, "new_stores"))
+        orders = orders[~(opening & ~changed["new_stores"])]
     return orders.sort_values("created_at", kind="stable").reset_index(drop=True)
+
+
+def _changed(change: WorldChange, minute: np.ndarray, market_idx: np.ndarray) -> np.ndarray:
+    """Which orders a change reaches: created on or after its day, in its market (or any)."""
+    rows = minute >= change.from_day * 1440
+    return rows if change.market is None else rows & (market_idx + 1 == change.market)
+
+
+def _size(config: SimulationSettings, kind: str) -> float:
+    return next((change.size for change in config.changes if change.kind == kind), 0.0)

@@ -262,6 +262,17 @@ def drift(namespace: Namespace = None, recent_days: Optional[float] = None) -> N
 
 
 @app.command()
+def report(namespace: Namespace = None,
+           week: Optional[datetime] = typer.Option(None, parser=_utc_day, metavar="YYYY-MM-DD",
+                                                   help="Any day of the ISO week to report (UTC); default: last week")
+           ) -> None:
+    """Weekly Evidently report of the logged predictions: drift, MAE, coverage; snapshot in <data dir>/evidently."""
+    from flows.monitor import weekly_report_flow
+
+    _print(_run(weekly_report_flow, namespace=namespace, week=week.date().isoformat() if week else None))
+
+
+@app.command()
 def land(namespace: Namespace = None) -> None:
     """Land the prediction log (Redis Stream) as Parquet and join predictions with their delivered orders."""
     from flows.land_predictions import land_predictions

@@ -6,16 +6,17 @@ orders whose actual delivery time has been joined (MAE, p90 absolute error, unde
 coverage), overall, per market and per hour band. The project's dashboard plots them week after week
 (`evidently ui --workspace <data dir>/evidently`).
 
-Like with like: the week is compared with whole weeks of the reference, so the calendar features
-(hour of day, day of week, hour of week) have the same distribution on both sides when nothing changed.
-They are judged only when the week has orders on all seven days and the reference holds at least one whole
-week; otherwise they are left out of the drift check and the report says so.
+Like with like: the week is compared with whole weeks of the reference (on the weekdays the week has
+orders on), so the calendar features (hour of day, day of week, hour of week) and everything that follows the
+weekly rhythm (couriers, outstanding orders) have the same distribution on both sides when nothing changed.
+With less than a whole week of reference the calendar features are left out, and the report says so.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ from evidently.sdk.models import PanelMetric
 from evidently.sdk.panels import counter_panel, line_plot_panel
 from evidently.ui.workspace import Project, Workspace
 
-from eta.features import MODEL_FEATURES
+from eta.features import MODEL_FEATURES, model_inputs
 from eta.settings import MonitoringSettings, Settings
+from eta.training import EtaModel
 
 CALENDAR_FEATURES = ["hour_of_day", "day_of_week", "hour_of_week"]
 CATEGORICAL_FEATURES = ["market_id", "order_protocol"]
@@ -41,6 +43,7 @@ ABS_ERROR, UNDER, COVERED, LABELLED = "abs_error_min", "under_predicted", "range
 MARKET, HOUR_BAND = "market", "hour_band"
 TEST_FIELDS = ("tests", "count_tests", "share_tests", "mean_tests", "std_tests")
 SLICES = {MARKET: "by_market", HOUR_BAND: "by_hour_band"}
+WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 QUALITY = {  # headline name: the metric computing it
     "mae_min": lambda: MeanValue(column=ABS_ERROR),
     "p90_abs_err_min": lambda: QuantileValue(column=ABS_ERROR, quantile=0.9),
@@ -69,6 +72,14 @@ def iso_week(day: dt.date | dt.datetime | str | pd.Timestamp) -> IsoWeek:
     return IsoWeek(f"{year}-W{week:02d}", start)
 
 
+def training_reference(training_rows: pd.DataFrame, model: EtaModel) -> pd.DataFrame:
+    """The model's training rows as the log would show them: creation time, model inputs and the model's point."""
+    inputs = model_inputs(training_rows)
+    point, _, _ = model.predict(inputs)
+    frame = pd.DataFrame(inputs, columns=MODEL_FEATURES)
+    return frame.assign(created_at=training_rows["created_at"].to_numpy(), **{PREDICTION: point})
+
+
 def week_orders(predictions: pd.DataFrame, week: IsoWeek) -> pd.DataFrame:
     """The week's `/eta/order` answers: quotes carry a typical basket, not an order's, and are never joined."""
     logged = pd.to_datetime(predictions["logged_at"], utc=True)
@@ -77,13 +88,13 @@ def week_orders(predictions: pd.DataFrame, week: IsoWeek) -> pd.DataFrame:
 
 
 def whole_weeks(reference: pd.DataFrame, time_column: str = "created_at") -> pd.DataFrame:
-    """The reference's last whole 7-day periods: every weekday and hour weighs as in a week. Empty under a week."""
+    """The reference's last whole weeks of days (UTC): every weekday and hour weighs as in a week. Empty under a week."""
     if reference.empty:
         return reference
     times = pd.to_datetime(reference[time_column], utc=True)
-    end = times.max()
-    weeks = int((end - times.min()) / pd.Timedelta(days=7))
-    return reference[times > end - pd.Timedelta(days=7 * weeks)].reset_index(drop=True) if weeks else reference.iloc[:0]
+    end = times.max().floor("D") + pd.Timedelta(days=1)
+    weeks = int((end - times.min().floor("D")) / pd.Timedelta(days=7))
+    return reference[times >= end - pd.Timedelta(days=7 * weeks)].reset_index(drop=True) if weeks else reference.iloc[:0]
 
 
 def hour_band(hours: np.ndarray, edges: list[int]) -> np.ndarray:
@@ -113,10 +124,17 @@ def report_frame(rows: pd.DataFrame, config: MonitoringSettings) -> pd.DataFrame
     return frame
 
 
-def drift_columns(current: pd.DataFrame, reference: pd.DataFrame) -> tuple[list[str], bool]:
-    """Features judged for drift, and whether the calendar ones are among them (a whole week on both sides)."""
-    whole = not reference.empty and current["day_of_week"].nunique() == 7
-    return [f for f in MODEL_FEATURES if whole or f not in CALENDAR_FEATURES], whole
+def like_for_like(current: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """The reference rows to judge the week by, and whether the calendar features can be judged at all.
+
+    Whole reference weeks, on the weekdays the week has orders on (all seven for a finished week): a week that
+    ends on a Wednesday has fewer couriers and orders than one with its weekend, and no weekend hours. With
+    less than a whole week of reference, the calendar is not comparable and is left out.
+    """
+    weeks = whole_weeks(reference)
+    if weeks.empty:
+        return reference, False
+    return weeks[weeks["day_of_week"].isin(current["day_of_week"].unique())].reset_index(drop=True), True
 
 
 def weekly_snapshot(
@@ -125,11 +143,12 @@ def weekly_snapshot(
     """Evidently's snapshot of the week's orders against whole reference weeks, and what it was given."""
     if rows.empty:
         raise ValueError(f"no logged orders in week {week.label} ({week.start:%Y-%m-%d} .. {week.end:%Y-%m-%d})")
-    reference_weeks = whole_weeks(reference)
-    judged_reference = reference_weeks if not reference_weeks.empty else reference
     current = report_frame(sampled(rows, config.max_rows, config.sample_seed), config)
-    base = report_frame(sampled(judged_reference, config.max_rows, config.sample_seed), config)
-    features, calendar_judged = drift_columns(current, reference_weeks)
+    judged_reference, calendar_judged = like_for_like(current, reference)
+    # The model learned the reference's actuals: its error there is in-sample, no yardstick for the week's.
+    unlabelled = judged_reference.drop(columns=[ACTUAL], errors="ignore")
+    base = report_frame(sampled(unlabelled, config.max_rows, config.sample_seed), config)
+    features = [f for f in MODEL_FEATURES if calendar_judged or f not in CALENDAR_FEATURES]
     definition = DataDefinition(
         numerical_columns=[c for c in current.columns if c not in CATEGORICAL_FEATURES + [MARKET, HOUR_BAND]],
         categorical_columns=CATEGORICAL_FEATURES + [MARKET, HOUR_BAND],
@@ -147,7 +166,7 @@ def weekly_snapshot(
     facts = {
         "week": week.label, "model": model, "orders": len(rows), "sampled_orders": len(current),
         "reference_orders": len(judged_reference), "reference_sampled": len(base), "calendar_judged": calendar_judged,
-        "features_judged": features,
+        "weekdays": sorted(int(d) for d in current["day_of_week"].unique()), "features_judged": features,
     }
     name = (f"{week.label}: {len(current):,} of {len(rows):,} orders"
             + (" (sampled)" if len(current) < len(rows) else "") + f", model {model}")
@@ -224,8 +243,7 @@ def dashboard_panels() -> list:
         values=[_series("MeanValue", "MAE, minutes", column=ABS_ERROR),
                 _series("QuantileValue", "p90 absolute error, minutes", column=ABS_ERROR),
                 _series("MeanValue", "under-prediction rate", column=UNDER),
-                _series("MeanValue", "80% range coverage", column=COVERED),
-                _series("DriftedColumnsCount", "share of drifted features", value_type="share")],
+                _series("MeanValue", "80% range coverage", column=COVERED)],
     )]
     for title, name, column in [("MAE, minutes", "mae_min", ABS_ERROR),
                                 ("p90 absolute error, minutes", "p90_abs_err_min", ABS_ERROR),
@@ -283,8 +301,37 @@ def weekly_report(
     snapshot, facts = weekly_snapshot(week_orders(predictions, week), reference, week, settings.monitoring, model)
     html = settings.reports_path / f"weekly-{week.label}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(html))
+    numbers = headline(snapshot, facts, settings.monitoring.drift_threshold)
     workspace = settings.data_path / "evidently"
     path = store_snapshot(snapshot, workspace, settings.feast_project, week.label)
-    return {**headline(snapshot, facts, settings.monitoring.drift_threshold), "html": str(html),
-            "snapshot": str(path), "workspace": str(workspace), "project": settings.feast_project}
+    page = snapshot.get_html_str(as_iframe=False)
+    html.write_text(page.replace("<body>", "<body>" + headline_html(numbers, path), 1))
+    return {**numbers, "html": str(html), "snapshot": str(path), "workspace": str(workspace),
+            "project": settings.feast_project}
+
+
+def headline_html(numbers: dict[str, Any], snapshot: Path) -> str:
+    """What a reader needs before Evidently's widgets: the week, what was measured on how many orders, the numbers."""
+    sample = (f"{numbers['sampled_orders']:,} of {numbers['orders']:,} orders (sampled)"
+              if numbers["sampled_orders"] < numbers["orders"] else f"all {numbers['orders']:,} orders")
+    calendar = "" if numbers["calendar_judged"] else " (calendar features not judged: under a week of reference)"
+    days = "" if len(numbers["weekdays"]) == 7 else " on the same weekdays as the week's (" + ", ".join(
+        WEEKDAYS[d] for d in numbers["weekdays"]) + ")"
+    rows = [
+        ("MAE", f"{numbers['mae_min']:.2f} min"),
+        ("p90 absolute error", f"{numbers['p90_abs_err_min']:.2f} min"),
+        ("under-prediction rate (actual > point)", f"{numbers['under_prediction_rate']:.1%}"),
+        ("80% range coverage", f"{numbers['interval_coverage_80']:.1%}"),
+        ("orders with a joined actual", f"{numbers['labelled_orders']:,}"),
+        ("drifted features", f"{len(numbers['drifted_features'])} of {len(numbers['features_judged'])}: "
+                             f"{', '.join(numbers['drifted_features']) or 'none'}{calendar}"),
+        ("prediction drift", f"{'yes' if numbers['prediction_drift'] else 'no'} "
+                             f"(distance {numbers['prediction_drift_score']:.3f})"),
+    ]
+    cells = "".join(f"<tr><th style='text-align:left;padding:2px 16px 2px 0'>{escape(name)}</th>"
+                    f"<td>{escape(value)}</td></tr>" for name, value in rows)
+    return (f"<section id='weekly-headline' style='font-family:sans-serif;margin:16px 24px'>"
+            f"<h1>Week {escape(numbers['week'])}: model {escape(numbers['model'] or 'unnamed')}</h1>"
+            f"<p>Measured on {escape(sample)}; reference: {numbers['reference_sampled']:,} orders from whole weeks "
+            f"of the model's training window{days}. Snapshot: <code>{escape(str(snapshot))}</code></p>"
+            f"<table>{cells}</table></section>")

@@ -40,9 +40,11 @@ test: venv $(CRUCIBLE) $(CHROMIUM)
 manifests: venv
 	@$(BIN)/eta manifests $(if $(NAMESPACE),--namespace $(NAMESPACE))
 
-## Recompile requirements.lock after editing requirements.in.
+## Recompile requirements.lock after editing requirements.in, and the Bento's requirements-serving.lock with it
+## (the serving dependencies only, at the full lock's versions).
 lock: venv
 	$(BIN)/uv pip compile --quiet requirements.in -o requirements.lock --python-version 3.11
+	$(BIN)/uv pip compile --quiet requirements-serving.in -c requirements.lock -o requirements-serving.lock --python-version 3.11
 
 clean:
 	rm -rf $(VENV) .eta

@@ -253,3 +253,34 @@ def test_the_weekly_html_shows_the_mae(reported_workspace, tmp_path):
     assert headline and headline.group(1) == f"{latest['mae_min']:.2f}", text[:3000]
     # Evidently's own widget, rendered by its scripts, says the same.
     assert f"Mean value of 'abs_error_min': current: {latest['mae_min']:.3f}" in text, text[:3000]
+
+
+def test_the_weekly_flow_reads_the_landed_log_and_publishes_the_headline(local_settings, prefect_server, model,
+                                                                          reference_rows, log):
+    """The `weekly-report` flow through the real Prefect server: the production model's training rows as the
+    reference, the week's day folders of the joined log, and the artifact read back through Prefect."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from flows.monitor import weekly_report_flow
+
+    split = split_by_time(reference_rows, TRAINING)
+    tag = save_model(model, {"window": split.window, "metrics": {"mae_min": 1.0}}, local_settings, {"gate": "passed"})
+    promote(tag, local_settings)
+    reference_rows.to_parquet(local_settings.project_path / "training_set.parquet")
+    joined = local_settings.project_path / "predictions_joined"
+    for day, rows in log.groupby(pd.to_datetime(log["logged_at"], utc=True).dt.strftime("%Y-%m-%d")):
+        (joined / f"day={day}").mkdir(parents=True)
+        rows.to_parquet(joined / f"day={day}" / "part.parquet")
+
+    report = weekly_report_flow(week="2026-10-22")
+    assert report["model"] == tag and report["week"] == "2026-W43"
+    # The model's rows (train and calibration: not the holdout), in whole weeks: its last 7 of 12 days.
+    trained_on = reference_rows[reference_rows["created_at"] <= pd.Timestamp(split.window["calibration_end"])]
+    assert report["reference_orders"] == len(whole_weeks(trained_on)) < len(trained_on)
+    assert report["drifted_features"] == [] and Path(report["snapshot"]).exists()
+    with get_client(sync_client=True) as client:
+        run = next(r for r in client.read_flow_runs() if client.read_flow(r.flow_id).name == "weekly-report")
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["weekly-report"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    assert f"| MAE, min | {report['mae_min']:.2f} |" in artifact.data and report["snapshot"] in artifact.data

@@ -25,7 +25,7 @@ def run_drift_report(settings: Settings) -> dict[str, object]:
     return {**drift_report(reference, current, settings.reports_path), "model": tag}
 
 
-@flow(name="check-drift", log_prints=True)
+@flow(name="check-drift", log_prints=True, timeout_seconds=1800)
 def check_drift(namespace: str | None = None, recent_days: float | None = None) -> dict[str, object]:
     settings = settings_with(namespace, drift__recent_days=recent_days)
     summary = run_drift_report(settings)

@@ -190,6 +190,24 @@ class KubernetesSettings(BaseModel):
         return {"eta-order": self.order, "eta-quote": self.quote}
 
 
+class StackSettings(BaseModel):
+    """`make up`: the local stack, each part on its own port; pids, logs and state in <data dir>/stack."""
+
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    # Used when PostgreSQL answers there (the database is created if missing), else SQLite in <data dir>/stack.
+    prefect_database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect"
+    worker_port: int = Field(8081, ge=1, le=65535)  # the worker's health check
+    quote_port: int = Field(3001, ge=1, le=65535)
+    order_port: int = Field(3000, ge=1, le=65535)
+    evidently_port: int = Field(8000, ge=1, le=65535)
+    # Not Debian's 9090: where systemd runs, installing the package starts its own Prometheus there.
+    prometheus_port: int = Field(9190, ge=1, le=65535)
+    prometheus_binary: Path = Path("/usr/bin/prometheus")
+    scrape_interval_s: int = Field(5, ge=1)
+    schedules_active: bool = True  # False registers the deployments paused (a stack beside other work: the tests)
+    startup_timeout_s: float = Field(300, gt=0)  # a part not answering by then fails `make up` (hang guard)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ETA_", env_nested_delimiter="__", yaml_file=CONFIG_FILE, extra="ignore"
@@ -215,6 +233,7 @@ class Settings(BaseSettings):
     profile: Literal["local", "gcp"] = "local"  # gcp: BigQuery offline store and orders, Memorystore Redis
     gcp: GcpSettings = GcpSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
+    stack: StackSettings = StackSettings()
 
     @classmethod
     def settings_customise_sources(

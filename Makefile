@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lock clean bench-accuracy bench-training bench-serving bench-faults bench-features manifests
+.PHONY: venv demo test lock clean bench-accuracy bench-training bench-serving bench-faults bench-features manifests up down
 
 # The virtualenv is rebuilt whenever the lock file changes.
 $(BIN)/.synced: requirements.lock pyproject.toml
@@ -25,6 +25,20 @@ $(CRUCIBLE):
 ## Run the whole loop on simulated orders: flows -> Feast -> LightGBM -> gate -> Bento -> HTTP -> drift.
 demo: venv
 	$(BIN)/python -m flows.demo
+
+# `make up` scrapes the services with Debian's Prometheus (no recommended packages: node exporter and the like).
+PROMETHEUS := /usr/bin/prometheus
+$(PROMETHEUS):
+	(apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) || { echo "make up needs Debian's prometheus at $@: apt-get install prometheus" >&2; exit 1; }
+
+## The local stack in the background: Prefect server, work pool and worker, deployments, EtaQuote and EtaOrder,
+## Evidently UI, Prometheus; prints each part's URL once it answers (state, pids and logs in .eta/stack/).
+up: venv $(PROMETHEUS)
+	$(BIN)/python -m flows.stack up
+
+## Stop exactly what `make up` started.
+down: venv
+	$(BIN)/python -m flows.stack down
 
 # The browser tests render pages in Debian's chromium (tests/test_browser.py).
 CHROMIUM := /usr/bin/chromium

@@ -1,8 +1,8 @@
 """The plain-FastAPI reference: the same work as the Bento services, with nothing of BentoML.
 
 Same `Predictor`, same guard (API key, body bounds), same telemetry (cache and degraded counters,
-feature age), the same latency histogram per endpoint and /metrics (`eta.telemetry.LatencyMetrics`),
-the same JSON logs. Served by uvicorn (one worker, uvloop, httptools, no access log) in
+feature age, event-loop lag, model age), the same latency histogram per endpoint and /metrics
+(`eta.telemetry.LatencyMetrics`), the same JSON logs. Served by uvicorn (one worker, uvloop, httptools, no access log) in
 `make bench-serving`, so the table shows what BentoML's serving layer costs on top of the same work.
 """
 
@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
+import bentoml
 from fastapi import FastAPI
 
 from eta.api import Eta, Order, Quote, QuoteRequest
+from eta.drift_status import drift_status_path
 from eta.http_guard import Guard
 from eta.registry import load_model, production_tag
 from eta.serving import Predictor, redis_client
 from eta.settings import get_settings
-from eta.telemetry import LatencyMetrics, PrometheusTelemetry, json_logs
+from eta.telemetry import (LatencyMetrics, PrometheusTelemetry, export_served_model, json_logs,
+                           sample_event_loop_lag)
 
 settings = get_settings()
 json_logs()
@@ -32,8 +35,11 @@ async def lifespan(_: FastAPI):
     telemetry = PrometheusTelemetry()
     state["predictor"] = Predictor(load_model(tag), tag, settings, client, telemetry)
     flushing = asyncio.create_task(telemetry.flush_every(1.0))
+    lag_sampling = asyncio.create_task(sample_event_loop_lag())
+    export_served_model(tag, bentoml.models.get(tag).info.creation_time, drift_status_path(settings))
     yield
     flushing.cancel()
+    lag_sampling.cancel()
     await state["predictor"].drain()
     await client.aclose()
 

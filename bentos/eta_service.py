@@ -23,12 +23,14 @@ from pathlib import Path
 import bentoml
 
 from eta.api import Eta, Order, Quote, QuoteRequest, QuoteStore
+from eta.drift_status import drift_status_path
 from eta.feature_store import feature_store
 from eta.http_guard import Guard
 from eta.registry import load_model_from, production_tag
 from eta.serving import Predictor, redis_client
 from eta.settings import get_settings
-from eta.telemetry import LatencyMetrics, PrometheusTelemetry, json_logs
+from eta.telemetry import (LatencyMetrics, PrometheusTelemetry, export_served_model, json_logs,
+                           sample_event_loop_lag)
 
 settings = get_settings()
 json_logs()
@@ -84,6 +86,8 @@ class _Serving:
                 store_id=0, estimated_store_to_consumer_driving_duration=0)]), record=False)
         self.predictor.quotes.fresh.clear()
         self.flushing = asyncio.create_task(_telemetry().flush_every(1.0))
+        self.lag_sampling = asyncio.create_task(sample_event_loop_lag())
+        export_served_model(str(self.model.tag), self.model.info.creation_time, drift_status_path(settings))
         # Everything loaded so far lives as long as the worker: keep it out of every later collection.
         gc.collect()
         gc.freeze()

@@ -1,7 +1,8 @@
 """Check drift: Evidently report between the production model's training window and the latest orders.
 
-Writes HTML (open it in a browser) and JSON under the data folder's `reports/`; returns whether
-the data drifted. Run: `python -m flows.drift` or `eta drift`.
+Writes HTML (open it in a browser) and JSON under the data folder's `reports/`, and the verdict to
+`reports/drift_status.json` (the services export it as `eta_drift_flagged`); returns whether the data
+drifted. Run: `python -m flows.drift` or `eta drift`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from eta.drift_status import drift_status_path, write_drift_status
 from eta.ingest import read_history
 from eta.registry import model_metadata, require_production_tag
 from eta.settings import Settings
@@ -22,7 +24,9 @@ def run_drift_report(settings: Settings) -> dict[str, object]:
     tag = require_production_tag(settings, "drift is measured against its training window")
     train_end = pd.Timestamp(model_metadata(tag)["window"]["train_end"])
     reference, current = split_for_drift(read_history(settings), train_end, settings.drift.recent_days)
-    return {**drift_report(reference, current, settings.reports_path), "model": tag}
+    summary = {**drift_report(reference, current, settings.reports_path), "model": tag}
+    write_drift_status(drift_status_path(settings), summary)
+    return summary
 
 
 @flow(name="check-drift", log_prints=True, timeout_seconds=1800)

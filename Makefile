@@ -45,8 +45,13 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	(apt-get update -qq && apt-get install -y -qq chromium) || { echo "tests need Debian's chromium at $@: apt-get install chromium" >&2; exit 1; }
 
+# The alert rules are checked and unit-tested with promtool, from Debian's prometheus (tests/test_alerts.py).
+PROMTOOL := /usr/bin/promtool
+$(PROMTOOL):
+	(apt-get update -qq && apt-get install -y -qq prometheus) || { echo "tests need promtool at $@: apt-get install prometheus" >&2; exit 1; }
+
 ## Run the whole test suite against the real Redis, Prefect server and `bentoml serve`.
-test: venv $(CRUCIBLE) $(CHROMIUM)
+test: venv $(CRUCIBLE) $(CHROMIUM) $(PROMTOOL)
 	$(BIN)/python -m pytest
 
 ## Every Kubernetes manifest as one YAML stream: `make manifests | kubectl apply -f -`. The meal-peak CronJobs come

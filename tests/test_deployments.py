@@ -139,27 +139,40 @@ def test_a_worker_back_from_an_outage_runs_one_of_the_stale_runs_and_cancels_the
     assert {run.state.message for run in cancelled} == {"Deployment concurrency limit reached."}
 
 
-def test_retrain_deployment_with_parameters_completes_with_a_new_model(after_outage, namespace_settings):
-    """Features through the backfill deployment (over the orders the catch-up ingest run brought), then retrain."""
+BACKFILL = (datetime(2026, 10, 3, tzinfo=timezone.utc), datetime(2026, 10, 8, 12, tzinfo=timezone.utc))
+
+
+@pytest.fixture(scope="module")
+def retrained(after_outage, namespace_settings) -> dict[str, object]:
+    """Features through the backfill deployment (over the orders the catch-up ingest run brought), then a retrain
+    with parameters, both through the worker."""
     backfill = _run("build-features/features-backfill",
                     parameters={"start": "2026-10-03", "end": "2026-10-08T12:00:00"})
-    assert backfill.state.is_completed(), backfill.state.message
-    views = feature_store(namespace_settings).list_feature_views()
-    window = (datetime(2026, 10, 3, tzinfo=timezone.utc), datetime(2026, 10, 8, 12, tzinfo=timezone.utc))
-    assert views and all(tuple(view.materialization_intervals[-1]) == window for view in views)
-
     before = {row["tag"] for row in list_models(namespace_settings)}
-    run = _run("train-model/retrain", parameters={"train_until": "2026-10-09", "num_boost_round": 60})
+    retrain = _run("train-model/retrain", parameters={"train_until": "2026-10-09", "num_boost_round": 200})
+    return {"backfill": backfill, "retrain": retrain, "models_before": before}
+
+
+def test_features_backfill_materializes_exactly_the_range_given(retrained, namespace_settings):
+    assert retrained["backfill"].state.is_completed(), retrained["backfill"].state.message
+    views = feature_store(namespace_settings).list_feature_views()
+    assert views and all(tuple(view.materialization_intervals[-1]) == BACKFILL for view in views)
+
+
+def test_retrain_deployment_with_parameters_completes_with_a_new_model(retrained, namespace_settings):
+    run = retrained["retrain"]
     assert run.state.is_completed(), run.state.message
-    new = [row["tag"] for row in list_models(namespace_settings) if row["tag"] not in before]
+    new = [row["tag"] for row in list_models(namespace_settings) if row["tag"] not in retrained["models_before"]]
     assert len(new) == 1
     metadata = model_metadata(new[0])
-    assert metadata["training"]["num_boost_round"] == 60
+    assert metadata["training"]["num_boost_round"] == 200  # the session runs 150
     assert str(metadata["window"]["holdout_start"]).startswith("2026-10-09")
+    assert metadata["gate"]["promote"] and production_tag(namespace_settings) == new[0], metadata["gate"]["reason"]
 
 
-def test_a_failing_run_ends_failed_with_its_retries_spent_and_production_unchanged(after_outage, namespace_settings):
+def test_a_failing_run_ends_failed_with_its_retries_spent_and_production_unchanged(retrained, namespace_settings):
     production = production_tag(namespace_settings)
+    assert production is not None, "the retrain's model, promoted by the gate"
     models = list_models(namespace_settings)
     retries = int(DECLARED["retrain"]["work_pool"]["job_variables"]["env"]["PREFECT_FLOW_DEFAULT_RETRIES"])
     assert retries >= 1

@@ -47,6 +47,17 @@ class WorldChange(BaseModel):
     size: float = Field(gt=0, le=5)
 
 
+class RetrainingSettings(BaseModel):
+    """When the weekly report triggers the retrain deployment (`eta.retraining`)."""
+
+    important_features: int = Field(8, ge=1)  # drift counts only in the model's top features by gain
+    mae_decay_margin: float = Field(0.10, ge=0)  # MAE over the champion's held-out MAE by more than this share
+    min_labelled_orders: int = Field(200, ge=1)  # quality is judged only on a week with this many actuals
+    min_new_labelled_orders: int = Field(1000, ge=0)  # and retraining needs this many orders since the model's data
+    cooldown_hours: float = Field(24, ge=0)  # no second retrain within this long of the last one
+    deployment: str = "train-model/retrain"  # the Prefect deployment a breach runs
+
+
 class SimulationSettings(BaseModel):
     markets: int = Field(3, ge=1)
     stores: int = Field(60, ge=1)
@@ -230,6 +241,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     serving: ServingSettings = ServingSettings()
     prediction_log: PredictionLogSettings = PredictionLogSettings()
+    retraining: RetrainingSettings = RetrainingSettings()
     profile: Literal["local", "gcp"] = "local"  # gcp: BigQuery offline store and orders, Memorystore Redis
     gcp: GcpSettings = GcpSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()

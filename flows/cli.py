@@ -273,6 +273,17 @@ def report(namespace: Namespace = None,
 
 
 @app.command()
+def feedback(namespace: Namespace = None,
+             week: Optional[datetime] = typer.Option(None, parser=_utc_day, metavar="YYYY-MM-DD",
+                                                     help="Any day of the ISO week to judge (UTC); default: last week")
+             ) -> None:
+    """Land the log, report the week, and run the retrain deployment if drift or decay crossed a threshold."""
+    from flows.feedback import feedback_loop
+
+    _print(_run(feedback_loop, namespace=namespace, week=week.date().isoformat() if week else None))
+
+
+@app.command()
 def land(namespace: Namespace = None) -> None:
     """Land the prediction log (Redis Stream) as Parquet and join predictions with their delivered orders."""
     from flows.land_predictions import land_predictions

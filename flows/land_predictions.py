@@ -6,7 +6,9 @@ Run: `eta land [--namespace NS]` or `python -m flows.land_predictions`.
 2. Entries are taken from the stream `eta:predictions:<project>` through the consumer group `landing`
    (at-least-once): first those another lander read and never acknowledged (`XAUTOCLAIM` after
    `claim_idle_s`: it died), then new ones (`XREADGROUP`), at most `land_max_entries` per run.
-3. They are written to `<project>/predictions/day=YYYY-MM-DD/*.parquet` (by the day they were logged),
+3. They are written to `<project>/predictions/day=YYYY-MM-DD/*.parquet` (by the day of the moment they
+   predict for, the request's `created_at`: the day they were logged, unless orders are replayed on a
+   simulated clock),
    skipping prediction ids already landed that day, so a re-landed entry never duplicates; the file is
    fsync'd before the entries are acknowledged and deleted from the stream (`XACK` + `XDEL`). In the gcp
    profile they are appended to the BigQuery table `prediction_log.bigquery_table` as well.
@@ -152,7 +154,7 @@ def _day_files(root: Path, day: str) -> list[Path]:
 def write_landed(frame: pd.DataFrame, settings: Settings) -> dict[str, object]:
     """Each day's new prediction ids in one file of that day; ids already landed (or twice in the batch) skipped."""
     root, landed, days = predictions_path(settings), 0, []
-    frame = frame.assign(_day=frame["logged_at"].dt.strftime("%Y-%m-%d"))
+    frame = frame.assign(_day=frame["created_at"].fillna(frame["logged_at"]).dt.strftime("%Y-%m-%d"))
     for day, rows in frame.groupby("_day"):
         held = _day_files(root, day)
         known = set(pq.read_table(held, columns=["prediction_id"]).column(0).to_pylist()) if held else set()

@@ -88,12 +88,16 @@ def train_model(
     train_until: str | None = None,
     holdout_days: float | None = None,
     num_boost_round: int | None = None,
+    reason: str | None = None,
 ) -> dict[str, object]:
+    """Train, gate and maybe promote one model; `reason` says why it runs (the feedback loop's breach)."""
     settings = settings_with(namespace, training__holdout_days=holdout_days, training__num_boost_round=num_boost_round)
+    logger = get_run_logger()
+    if reason:
+        logger.info("retraining because %s", reason)
     path = build_training_set(settings)
     result = train_and_gate(path, settings, train_until)
     production = promote_if_passed(result, settings)
-    logger = get_run_logger()
     logger.info("model %s: MAE %.2f min, coverage %.3f", result["model"], result["metrics"]["mae_min"],
                 result["metrics"]["interval_coverage_80"])
     logger.info("gate: %s", result["gate"]["reason"])

@@ -81,9 +81,12 @@ def training_reference(training_rows: pd.DataFrame, model: EtaModel) -> pd.DataF
 
 
 def week_orders(predictions: pd.DataFrame, week: IsoWeek) -> pd.DataFrame:
-    """The week's `/eta/order` answers: quotes carry a typical basket, not an order's, and are never joined."""
-    logged = pd.to_datetime(predictions["logged_at"], utc=True)
-    rows = predictions[(predictions["kind"] == "order") & (logged >= week.start) & (logged < week.end)]
+    """The week's `/eta/order` answers: quotes carry a typical basket, not an order's, and are never joined.
+
+    An answer belongs to the week of the moment it predicts for (`created_at`): in production the moment it
+    was logged; in a replay on a simulated clock, the replayed order's time."""
+    moment = pd.to_datetime(predictions["created_at"], utc=True)
+    rows = predictions[(predictions["kind"] == "order") & (moment >= week.start) & (moment < week.end)]
     return rows.reset_index(drop=True)
 
 
@@ -293,7 +296,7 @@ def weekly_report(
 ) -> dict[str, Any]:
     """Report the ISO week holding `day`: snapshot in the namespace's workspace project, HTML, headline numbers.
 
-    `predictions`: the landed, joined prediction log (at least `kind`, `logged_at`, MODEL_FEATURES as served,
+    `predictions`: the landed, joined prediction log (at least `kind`, `created_at`, MODEL_FEATURES as served,
     `minutes`, `range_low`, `range_high`, `actual_minutes` NaN until joined). `reference`: the production
     model's training rows (`created_at`, MODEL_FEATURES, and `minutes`, the model's predictions on them).
     """

@@ -83,7 +83,8 @@ def served_log(model: EtaModel, orders: pd.DataFrame) -> pd.DataFrame:
     point, low, high = model.predict(inputs)
     return pd.DataFrame(inputs, columns=MODEL_FEATURES).assign(
         prediction_id=[uuid.uuid4().hex for _ in range(len(orders))], order_id=[f"o{i}" for i in range(len(orders))],
-        kind="order", logged_at=orders["created_at"].to_numpy(), model_version="eta_weekly:test",
+        kind="order", created_at=orders["created_at"].to_numpy(), logged_at=orders["created_at"].to_numpy(),
+        model_version="eta_weekly:test",
         store_id=orders["store_id"].to_numpy(), store_history_age_s=30.0, market_state_age_s=1.0, degraded=False,
         minutes=point, range_low=low, range_high=high, actual_minutes=orders[LABEL].to_numpy(),
     )
@@ -129,7 +130,7 @@ def test_a_week_is_judged_against_whole_reference_weeks_on_its_own_weekdays(log,
     assert trimmed["created_at"].min().floor("D") == START + pd.Timedelta(days=7)  # the reference's last 7 days
     assert trimmed["day_of_week"].nunique() == 7
     # Monday to Wednesday: fewer couriers and orders than a week with its weekend; judged against those weekdays.
-    partial = log[pd.to_datetime(log["logged_at"], utc=True) < pd.Timestamp(WEEK_3, tz="UTC") + pd.Timedelta(days=3)]
+    partial = log[pd.to_datetime(log["created_at"], utc=True) < pd.Timestamp(WEEK_3, tz="UTC") + pd.Timedelta(days=3)]
     report = weekly_report(partial, reference, WEEK_3, settings_in(tmp_path), "eta_weekly:test")
     assert report["calendar_judged"] and report["weekdays"] == [0, 1, 2]
     assert report["reference_orders"] == reference["day_of_week"].isin([0, 1, 2]).sum()
@@ -165,7 +166,7 @@ def _quality(frame: pd.DataFrame) -> dict[str, float]:
 
 def test_quality_numbers_equal_an_independent_numpy_computation(log, reference, tmp_path):
     report = weekly_report(log, reference, WEEK_3, settings_in(tmp_path), "eta_weekly:test")
-    logged = pd.to_datetime(log["logged_at"], utc=True)
+    logged = pd.to_datetime(log["created_at"], utc=True)
     week = log[(log["kind"] == "order") & (logged >= pd.Timestamp(WEEK_3, tz="UTC"))
                & (logged < pd.Timestamp(WEEK_4, tz="UTC"))]
     judged = week[week["actual_minutes"].notna()]
@@ -175,7 +176,7 @@ def test_quality_numbers_equal_an_independent_numpy_computation(log, reference, 
     assert report["by_market"].keys() == by_market.keys() == {"1", "2"}
     for market, numbers in by_market.items():
         assert report["by_market"][market] == pytest.approx(numbers, rel=1e-9), market
-    hours = pd.to_datetime(judged["logged_at"], utc=True).dt.hour
+    hours = pd.to_datetime(judged["created_at"], utc=True).dt.hour
     bands = pd.cut(hours, [0, 6, 11, 14, 17, 21, 24], right=False,
                    labels=["00-06", "06-11", "11-14", "14-17", "17-21", "21-24"])
     by_band = {str(band): _quality(rows) for band, rows in judged.groupby(bands, observed=True)}
@@ -269,7 +270,7 @@ def test_the_weekly_flow_reads_the_landed_log_and_publishes_the_headline(local_s
     promote(tag, local_settings)
     reference_rows.to_parquet(local_settings.project_path / "training_set.parquet")
     joined = local_settings.project_path / "predictions_joined"
-    for day, rows in log.groupby(pd.to_datetime(log["logged_at"], utc=True).dt.strftime("%Y-%m-%d")):
+    for day, rows in log.groupby(pd.to_datetime(log["created_at"], utc=True).dt.strftime("%Y-%m-%d")):
         (joined / f"day={day}").mkdir(parents=True)
         rows.to_parquet(joined / f"day={day}" / "part.parquet")
 

@@ -1,0 +1,137 @@
+"""Retraining that reacts, with judgement: which weekly verdicts trigger the retrain deployment, and which wait."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from eta.retraining import breaches, decide, important_features
+from eta.settings import RetrainingSettings
+
+CONFIG = RetrainingSettings(mae_decay_margin=0.10, min_labelled_orders=200, min_new_labelled_orders=1000, cooldown_hours=24)
+BAND = (0.75, 0.85)
+NOW = datetime(2026, 11, 2, 6, tzinfo=timezone.utc)
+
+
+def _week(**change) -> dict:
+    return {"drifted_features": [], "labelled_orders": 5000, "mae_min": 5.0, "interval_coverage_80": 0.80} | change
+
+
+@pytest.mark.parametrize("week,expected", [
+    (_week(), []),
+    (_week(drifted_features=["store_orders_28d"]), []),  # a feature the model hardly uses
+    (_week(drifted_features=["estimated_store_to_consumer_driving_duration"]), ["drift of important features"]),
+    (_week(mae_min=5.4), []),  # within 10% of the champion's 5.0
+    (_week(mae_min=5.6), ["MAE decayed"]),
+    (_week(interval_coverage_80=0.70), ["range coverage 0.700 outside"]),
+    (_week(mae_min=9.0, interval_coverage_80=0.5, labelled_orders=150), []),  # too few actuals to judge quality
+    (_week(mae_min=9.0, drifted_features=["total_items"]), ["drift of important features", "MAE decayed"]),
+])
+def test_a_breach_is_drift_of_an_important_feature_decay_past_the_margin_or_coverage_out_of_band(week, expected):
+    important = ["estimated_store_to_consumer_driving_duration", "total_items", "hour_of_day"]
+    found = breaches(week, champion_mae=5.0, important=important, config=CONFIG, band=BAND)
+    assert len(found) == len(expected) and all(text.startswith(start) for text, start in zip(found, expected)), found
+
+
+def test_a_breach_triggers_only_with_enough_new_orders_and_outside_the_cool_down():
+    found = ["MAE decayed: 6.00 min vs 5.50"]
+    assert decide([], 10_000, None, NOW, CONFIG).trigger is False
+    assert decide(found, 10_000, None, NOW, CONFIG).trigger
+    few = decide(found, 999, None, NOW, CONFIG)
+    assert not few.trigger and "999 orders" in few.held_back and few.breaches == found
+    recent = decide(found, 10_000, NOW - timedelta(hours=23), NOW, CONFIG)
+    assert not recent.trigger and "cool-down" in recent.held_back
+    assert decide(found, 10_000, NOW - timedelta(hours=25), NOW, CONFIG).trigger
+    assert decide(found, 10_000, None, NOW, CONFIG).reason == found[0]
+
+
+def test_important_features_are_the_ones_the_trees_split_on_most():
+    import lightgbm as lgb
+    import numpy as np
+
+    from eta.features import MODEL_FEATURES
+    from eta.training import EtaModel
+
+    rng = np.random.default_rng(1)
+    inputs = rng.uniform(0, 1, size=(2000, len(MODEL_FEATURES)))
+    drive = MODEL_FEATURES.index("estimated_store_to_consumer_driving_duration")
+    items = MODEL_FEATURES.index("total_items")
+    label = 10 * inputs[:, drive] + 2 * inputs[:, items] + rng.normal(0, 0.01, 2000)
+    booster = lgb.train({"objective": "regression", "verbosity": -1, "num_threads": 1}, lgb.Dataset(inputs, label),
+                        num_boost_round=30)
+    top = important_features(EtaModel(booster, -0.1, 0.1, {}), 2)
+    assert top == ["estimated_store_to_consumer_driving_duration", "total_items"]
+
+
+def _replay_week(settings, week_start: str) -> int:
+    """The week's ingested orders answered by the production model through the serving core, which logs them."""
+    import asyncio
+
+    import pandas as pd
+
+    from eta.api import Order
+    from eta.features import ORDER_REQUEST_FIELDS
+    from eta.ingest import read_history
+    from eta.registry import load_model, production_tag
+    from eta.serving import Predictor, redis_client
+
+    history = read_history(settings)
+    start = pd.Timestamp(week_start, tz="UTC")
+    week = history[(history["created_at"] >= start) & (history["created_at"] < start + pd.Timedelta(days=7))]
+    tag = production_tag(settings)
+
+    async def answer_all() -> None:
+        client = redis_client(settings.redis_url)
+        predictor = Predictor(load_model(tag), tag, settings, client)
+        try:
+            for _, row in week.iterrows():
+                await predictor.order(Order(**{f: getattr(row[f], "item", lambda v=row[f]: v)() for f in ORDER_REQUEST_FIELDS},
+                                            created_at=row["created_at"].to_pydatetime()))
+        finally:
+            await predictor.drain()
+            await client.aclose()
+
+    asyncio.run(answer_all())
+    return len(week)
+
+
+def test_the_feedback_loop_triggers_the_retrain_deployment_with_its_reason_and_then_holds_back(
+        settings, pipeline_result, prefect_server, monkeypatch):
+    """Through the real Prefect server: land the logged week, report it, and on a breach run the retrain
+    deployment with the reason; a second look within the cool-down triggers nothing."""
+    from prefect import get_client
+
+    from eta.settings import get_settings
+    from flows.feedback import feedback_loop
+    from flows.train import train_model
+
+    deployment = train_model.to_deployment(name="retrain-feedback-test")  # no worker: the run waits, visible
+    deployment.apply()
+    answered = _replay_week(settings, "2026-10-05")
+    assert answered > 1000
+
+    # A breach every week has: coverage can never fall in [0.99, 1.0] for an 80% range.
+    monkeypatch.setenv("ETA_RETRAINING__DEPLOYMENT", "train-model/retrain-feedback-test")
+    monkeypatch.setenv("ETA_RETRAINING__MIN_NEW_LABELLED_ORDERS", "0")
+    monkeypatch.setenv("ETA_GATE__COVERAGE_BAND", "[0.99, 1.0]")
+    monkeypatch.setenv("ETA_RETRAINING__COOLDOWN_HOURS", "0")
+    get_settings.cache_clear()
+    first = feedback_loop(week="2026-10-05")
+    assert first["landed"]["landed"] >= answered and first["report"]["labelled_orders"] >= answered * 0.99
+    assert first["decision"]["trigger"] and any(b.startswith("range coverage") for b in first["decision"]["breaches"])
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(first["retrain_run"])
+        assert run.parameters == {"namespace": None, "reason": first["decision"]["reason"]}
+        assert "auto-retrain" in run.tags
+
+    monkeypatch.setenv("ETA_RETRAINING__COOLDOWN_HOURS", "24")
+    get_settings.cache_clear()
+    again = feedback_loop(week="2026-10-05")
+    assert not again["decision"]["trigger"] and "cool-down" in again["decision"]["held_back"]
+    assert again["retrain_run"] is None and again["landed"]["landed"] == 0, "the week was landed once"
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(limit=50)
+    decisions = [a for a in artifacts if a.key == "retrain-decision"]
+    assert len(decisions) >= 2, "every decision, triggered or not, is recorded"
+    get_settings.cache_clear()

@@ -35,7 +35,7 @@ async def lifespan(_: FastAPI):
     telemetry = PrometheusTelemetry()
     state["predictor"] = Predictor(load_model(tag), tag, settings, client, telemetry)
     flushing = asyncio.create_task(telemetry.flush_every(1.0))
-    lag_sampling = asyncio.create_task(sample_event_loop_lag())
+    lag_sampling = asyncio.create_task(sample_event_loop_lag("fastapi_reference"))
     export_served_model(tag, bentoml.models.get(tag).info.creation_time, drift_status_path(settings))
     yield
     flushing.cancel()

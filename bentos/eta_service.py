@@ -86,7 +86,7 @@ class _Serving:
                 store_id=0, estimated_store_to_consumer_driving_duration=0)]), record=False)
         self.predictor.quotes.fresh.clear()
         self.flushing = asyncio.create_task(_telemetry().flush_every(1.0))
-        self.lag_sampling = asyncio.create_task(sample_event_loop_lag())
+        self.lag_sampling = asyncio.create_task(sample_event_loop_lag(self.bento_service.name))
         export_served_model(str(self.model.tag), self.model.info.creation_time, drift_status_path(settings))
         # Everything loaded so far lives as long as the worker: keep it out of every later collection.
         gc.collect()

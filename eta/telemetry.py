@@ -53,14 +53,15 @@ class PrometheusTelemetry(Telemetry):
         self.age.labels(view).observe(seconds)
 
 
-async def sample_event_loop_lag(interval: float = 0.1) -> None:
+async def sample_event_loop_lag(service: str, interval: float = 0.1) -> None:
     """Observe how late this worker's event loop wakes a task that slept `interval`, every time it wakes.
 
     Whatever holds the loop (a garbage collection, a long synchronous call, a starved CPU) delays every
-    request waiting behind it by as much: `eta_event_loop_lag_seconds` shows such a stall in production, not
-    only in a benchmark. Ten observations a second per worker, nothing on the request path.
+    request waiting behind it by as much: `eta_event_loop_lag_seconds{service}` shows such a stall in
+    production, not only in a benchmark. Ten observations a second per worker, nothing on the request path.
+    The services of one `bentoml serve` share /metrics: the label says whose loop stalled.
     """
-    lag = _loop_lag_histogram()
+    lag = _loop_lag_histogram().labels(service)
     while True:
         due = time.monotonic() + interval
         await asyncio.sleep(interval)
@@ -71,7 +72,7 @@ async def sample_event_loop_lag(interval: float = 0.1) -> None:
 def _loop_lag_histogram():
     from prometheus_client import Histogram
 
-    return Histogram("eta_event_loop_lag_seconds", "How late the event loop woke a task sleeping 0.1 s",
+    return Histogram("eta_event_loop_lag_seconds", "How late the event loop woke a task sleeping 0.1 s", ["service"],
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 

@@ -26,18 +26,18 @@ def _samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]],
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-def _lag(samples: dict) -> tuple[float, float, float]:
-    """Observations, observations over 0.1 s, and the sum of lags."""
-    count = samples.get(("eta_event_loop_lag_seconds_count", ()), 0.0)
-    under = samples.get(("eta_event_loop_lag_seconds_bucket", (("le", "0.1"),)), 0.0)
-    return count, count - under, samples.get(("eta_event_loop_lag_seconds_sum", ()), 0.0)
+def _lag(samples: dict, service: str = "stalled") -> tuple[float, float, float]:
+    """A service's observations, observations over 0.1 s, and the sum of lags."""
+    count = samples.get(("eta_event_loop_lag_seconds_count", (("service", service),)), 0.0)
+    under = samples.get(("eta_event_loop_lag_seconds_bucket", (("le", "0.1"), ("service", service))), 0.0)
+    return count, count - under, samples.get(("eta_event_loop_lag_seconds_sum", (("service", service),)), 0.0)
 
 
 def test_a_coroutine_blocking_the_loop_shows_as_event_loop_lag():
     interval, stall = 0.05, 0.2
 
     async def stall_the_loop() -> tuple[float, float, float]:
-        sampling = asyncio.create_task(sample_event_loop_lag(interval))
+        sampling = asyncio.create_task(sample_event_loop_lag("stalled", interval))
         await asyncio.sleep(0)  # the sampler is asleep now, due `interval` from now
         before = _lag(_samples(metrics_text()))
         # Past the sampler's due time, then the stall: it wakes at least `stall` late, however fast the machine.
@@ -82,10 +82,11 @@ def test_model_age_and_drift_verdict_are_computed_when_scraped(tmp_path):
 
 def test_the_running_bento_exports_event_loop_lag_model_age_and_the_pipelines_drift_verdict(
         service_url, settings, pipeline_result):
-    # The lag sampler starts with the worker and observes ten times a second.
+    # The lag sampler starts with each service's worker and observes ten times a second.
     deadline = time.monotonic() + 60
-    while _lag(samples := _samples(httpx.get(f"{service_url}/metrics", timeout=10).text))[0] == 0:
-        assert time.monotonic() < deadline, "no event-loop lag observed"
+    while not all(_lag(samples := _samples(httpx.get(f"{service_url}/metrics", timeout=10).text), service)[0]
+                  for service in ("EtaOrder", "EtaQuote")):
+        assert time.monotonic() < deadline, f"no event-loop lag observed for both services: {samples}"
         time.sleep(0.2)
 
     tag = production_tag(settings)

@@ -242,7 +242,7 @@ def _serving_target(settings: Settings) -> str:
     from eta.registry import require_production_tag
     from flows.build import bento_serving
 
-    return bento_serving(require_production_tag(settings, "the services serve it")) or "bentos.eta_service"
+    return bento_serving(require_production_tag(settings, "the services serve it")) or "bentos.eta_service:EtaOrder"
 
 
 def _start_services(launch: Launch, env: dict[str, str]) -> None:

@@ -214,7 +214,6 @@ class StackSettings(BaseModel):
     # Not Debian's 9090: where systemd runs, installing the package starts its own Prometheus there.
     prometheus_port: int = Field(9190, ge=1, le=65535)
     prometheus_binary: Path = Path("/usr/bin/prometheus")
-    scrape_interval_s: int = Field(5, ge=1)
     schedules_active: bool = True  # False registers the deployments paused (a stack beside other work: the tests)
     startup_timeout_s: float = Field(300, gt=0)  # a part not answering by then fails `make up` (hang guard)
 

@@ -36,6 +36,7 @@ BIN = Path(sys.executable).parent
 # The environment the parts start with, taken before Feast is imported: importing it points PROMETHEUS_MULTIPROC_DIR
 # at a temporary folder of this process's, removed when `up` exits (the worker's flow runs would then crash).
 ENV = dict(os.environ)
+PROMETHEUS_DIR = PROJECT_ROOT / "deploy" / "prometheus"
 FINGERPRINT_VARIABLE = "eta_stack_deployments"  # a Prefect variable: what the server's deployments were made from
 Part = dict[str, Any]  # name, url, ready_url, pid, start, log: one entry of the state file
 
@@ -214,27 +215,14 @@ def prefect_database(settings: Settings) -> str | None:
     return settings.stack.prefect_database_url
 
 
-def prometheus_config(settings: Settings, rules: list[Path]) -> dict[str, Any]:
-    stack = settings.stack
-    interval = f"{stack.scrape_interval_s}s"
-    jobs = {"eta-order": ("EtaOrder", stack.order_port), "eta-quote": ("EtaQuote", stack.quote_port)}
-    return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": [str(path) for path in rules],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"],
-                                                                 "labels": {"service": service}}]}
-                           for job, (service, port) in jobs.items()],
-    }
-
-
-def alert_rule_files() -> list[Path]:
-    """deploy/prometheus's rule files (those holding `groups`; promtool's test files and prometheus.yml do not)."""
-    found = []
-    for path in sorted((PROJECT_ROOT / "deploy" / "prometheus").glob("*.y*ml")):
-        content = yaml.safe_load(path.read_text())
-        if isinstance(content, dict) and "groups" in content:
-            found.append(path)
-    return found
+def prometheus_config(settings: Settings) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with the stack's own ports as its jobs' targets, its rule files by full path."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    ports = {"eta-order": settings.stack.order_port, "eta-quote": settings.stack.quote_port}
+    config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config.get("rule_files", [])]
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
+    return config
 
 
 def _serving_target(settings: Settings) -> str:
@@ -342,7 +330,7 @@ def _start(launch: Launch) -> None:
                                "--host", "127.0.0.1", "--port", str(stack.evidently_port)],
                  env, evidently_url, f"{evidently_url}/api/version")
     config = home / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(settings, alert_rule_files()), sort_keys=False))
+    config.write_text(yaml.safe_dump(prometheus_config(settings), sort_keys=False))
     prometheus_url = f"http://127.0.0.1:{stack.prometheus_port}"
     launch.spawn("prometheus", [str(stack.prometheus_binary), f"--config.file={config}",
                                 f"--storage.tsdb.path={home / 'prometheus'}",

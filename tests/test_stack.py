@@ -25,7 +25,7 @@ import yaml
 
 from eta.settings import PROJECT_ROOT, Settings
 from flows.processes import free_port
-from flows.stack import alert_rule_files
+from flows.stack import PROMETHEUS_DIR
 
 PARTS = {"prefect", "worker", "EtaQuote", "EtaOrder", "evidently", "prometheus"}
 PORTS = ("PREFECT", "WORKER", "QUOTE", "ORDER", "EVIDENTLY", "PROMETHEUS")
@@ -153,7 +153,7 @@ def test_prefect_on_postgresql_holds_the_deployments_and_an_online_worker(first_
     assert _postgres("SELECT count(*) FROM deployment", DATABASE) == len(DECLARED)
 
 
-def test_prometheus_scrapes_both_services_with_the_alert_rules(first_up, ports: dict[str, int]):
+def test_prometheus_scrapes_both_services_with_deploy_prometheus_alert_rules(first_up, ports: dict[str, int]):
     api = f"{first_up['prometheus']}/api/v1"
     deadline = time.monotonic() + HANG_GUARD_S
     while True:  # the first scrape comes within a scrape interval
@@ -165,8 +165,10 @@ def test_prometheus_scrapes_both_services_with_the_alert_rules(first_up, ports: 
         time.sleep(1)
     assert set(health) == {f"http://127.0.0.1:{ports['ORDER']}/metrics", f"http://127.0.0.1:{ports['QUOTE']}/metrics"}
     loaded = {group["name"] for group in httpx.get(f"{api}/rules", timeout=30).json()["data"]["groups"]}
-    declared = {group["name"] for path in alert_rule_files() for group in yaml.safe_load(path.read_text())["groups"]}
-    assert loaded == declared
+    rule_files = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())["rule_files"]
+    declared = {group["name"] for name in rule_files
+                for group in yaml.safe_load((PROMETHEUS_DIR / name).read_text())["groups"]}
+    assert declared and loaded == declared
 
 
 def test_evidently_ui_serves_the_monitoring_workspace(first_up, settings: Settings):

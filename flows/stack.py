@@ -38,7 +38,7 @@ BIN = Path(sys.executable).parent
 ENV = dict(os.environ)
 PROMETHEUS_DIR = PROJECT_ROOT / "deploy" / "prometheus"
 FINGERPRINT_VARIABLE = "eta_stack_deployments"  # a Prefect variable: what the server's deployments were made from
-Part = dict[str, Any]  # name, url, ready_url, pid, start, log: one entry of the state file
+Part = dict[str, Any]  # name, url, ready_url, pid, start, log, command: one entry of the state file
 
 
 def stack_dir(settings: Settings) -> Path:

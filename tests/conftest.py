@@ -12,7 +12,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-# Settings are read from the environment once: isolate this session before anything imports eta.
+# Settings are read from the environment once: isolate this session before anything imports eta. Pytest
+# imports this file as `conftest`; imported again by a test module (`tests.conftest`) it would run this
+# set-up a second time, and the session's settings and the environment would name two different folders.
+if __name__ != "conftest":
+    raise ImportError("import shared test code from tests/helpers.py, not from tests.conftest")
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="eta-tests-"))
 os.environ.update(
     {

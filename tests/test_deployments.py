@@ -29,7 +29,6 @@ from eta.feature_store import feature_store
 from eta.registry import list_models, model_metadata, production_tag
 from eta.settings import PROJECT_ROOT, Settings
 from flows.processes import free_port, server_process
-from tests.conftest import SESSION_DIR
 
 NAMESPACE = f"eta_deploy_{uuid.uuid4().hex[:8]}"
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -78,14 +77,15 @@ def stale_ingest_runs(deployments, prefect_server: str) -> list[FlowRun]:
 
 
 @pytest.fixture(scope="module")
-def worker(stale_ingest_runs, prefect_server: str):
+def worker(stale_ingest_runs, prefect_server: str, tmp_path_factory: pytest.TempPathFactory):
     """A real `prefect worker start` on the pool, in this module's namespace, started once the stale runs wait."""
     port = free_port()
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_WORKER_WEBSERVER_PORT": str(port),
            "PREFECT_WORKER_QUERY_SECONDS": "2",  # picks a triggered run up sooner than the default 10 s
            "ETA_FEAST_PROJECT": NAMESPACE, "ETA_MODEL_NAME": f"{NAMESPACE}_model"}
     command = [PREFECT, "worker", "start", "--pool", "eta", "--with-healthcheck", "--install-policy", "never"]
-    with server_process(command, f"http://127.0.0.1:{port}/health", env, SESSION_DIR / "prefect-worker.log"):
+    with server_process(command, f"http://127.0.0.1:{port}/health", env,
+                        tmp_path_factory.mktemp("worker") / "prefect-worker.log"):
         yield
 
 

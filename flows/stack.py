@@ -176,7 +176,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as sock:
         # As the servers bind: connections of a stopped server in TIME_WAIT do not hold its port.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -374,7 +374,7 @@ def up(settings: Settings) -> int:
         return 1
     ports = {"prefect": stack.prefect_port, "worker": stack.worker_port, "EtaQuote": stack.quote_port,
              "EtaOrder": stack.order_port, "evidently": stack.evidently_port, "prometheus": stack.prometheus_port}
-    taken = [f"{name} {port}" for name, port in ports.items() if not _port_free(port)]
+    taken = [f"{name} {port}" for name, port in ports.items() if not port_free(port)]
     if taken:
         print(f"ports in use: {', '.join(taken)} (settings stack.*_port / ETA_STACK__*_PORT)", file=sys.stderr)
         return 1

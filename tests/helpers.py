@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
+import redis
 import pytest
 
 from eta.features import STORE_HISTORY_FEATURES
@@ -30,3 +34,18 @@ def fixed_store_history(frame: pd.DataFrame, orders: float = 20.0, mean: float =
     return frame.assign(**{
         name: next(v for stat, v in value.items() if name.startswith(f"store_{stat}_")) for name in STORE_HISTORY_FEATURES
     })
+
+
+def start_redis_server(port: int, *options: str) -> subprocess.Popen:
+    """A `redis-server` of a test's own on `port` (so the test can kill or stop it), once it answers."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *options],
+                               stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60  # a start-up deadline only a broken server reaches, however slow the VM
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port).ping():
+                return process
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    raise RuntimeError("redis-server did not start")

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
 import signal
 import subprocess
-import time
 from datetime import date
 
 import httpx
@@ -33,6 +31,7 @@ from eta.serving import Predictor, redis_client
 from eta.settings import SimulationSettings, get_settings
 from eta.simulate import simulate_orders
 from flows.processes import free_port
+from tests.helpers import start_redis_server
 from tests.test_serving_core import model  # noqa: F401 - the small real booster fixture
 
 
@@ -144,20 +143,9 @@ def test_quotes_are_recorded_at_the_sampling_rate(model, redis_store):
 def durable_redis(tmp_path):
     """A redis-server of this test's own that fsyncs every write (a managed Redis keeps what it acknowledged)."""
     port = free_port()
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
 
     def start() -> subprocess.Popen:
-        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                    "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)],
-                                   stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60  # a start-up deadline only a broken server reaches
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=port).ping():
-                    return process
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        return start_redis_server(port, "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path))
 
     server = {"process": start(), "start": start}
     yield port, server

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import math
-import shutil
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -28,6 +27,7 @@ from eta.online_features import MARKET_STATE, STORE_HISTORY, OnlineFeatureReader
 from eta.serving import Predictor, Telemetry, redis_client
 from eta.training import EtaModel
 from flows.processes import free_port
+from tests.helpers import start_redis_server
 
 
 class Recording(Telemetry):
@@ -212,19 +212,9 @@ def test_concurrent_misses_of_one_key_read_redis_once(model, redis_store):
 def own_redis():
     """A redis-server of this test's own, so it can be killed and started again on the same port."""
     port = free_port()
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
 
     def start() -> subprocess.Popen:
-        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                   stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60  # a start-up deadline only a broken server reaches, however slow the VM
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=port).ping():
-                    return process
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        return start_redis_server(port, "--appendonly", "no")
 
     server = {"process": start(), "start": start}
     yield port, server

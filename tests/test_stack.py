@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import yaml
 
 from eta.settings import PROJECT_ROOT, Settings
 from flows.processes import free_port
-from flows.stack import PROMETHEUS_DIR
+from flows.stack import PROMETHEUS_DIR, port_free
 
 PARTS = {"prefect", "worker", "EtaQuote", "EtaOrder", "evidently", "prometheus"}
 PORTS = ("PREFECT", "WORKER", "QUOTE", "ORDER", "EVIDENTLY", "PROMETHEUS")
@@ -70,16 +69,6 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _state(settings: Settings) -> dict[str, tuple[int, str]]:
@@ -196,6 +185,6 @@ def test_down_stops_everything_it_started_and_frees_the_ports(first_up, stack_en
     assert stopped.returncode == 0, stopped.stderr
     assert not any(_running(pid) for pid, _ in recorded.values())
     assert not any(_running(pid) for pid in processes) and not _marked(ports)
-    assert all(_port_free(port) for port in ports.values()), {name: _port_free(port) for name, port in ports.items()}
+    assert all(port_free(port) for port in ports.values()), {name: port_free(port) for name, port in ports.items()}
     assert not (settings.data_path / "stack" / "state.json").exists()
     assert "not running" in _stack("status", stack_env).stdout

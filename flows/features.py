@@ -46,7 +46,7 @@ def backfill_window(
 
 @task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
 def apply_and_materialize(tables: dict[str, object], settings: Settings, full: bool,
-                          backfill: tuple[datetime | None, datetime | None]) -> dict[str, object]:
+                          backfill: tuple[datetime | None, datetime | None] = (None, None)) -> dict[str, object]:
     """A backfill's range, else incrementally (from just before the last run's end) unless `full` or never done."""
     online = online_store_kind(settings)
     store = feature_store(settings, online)

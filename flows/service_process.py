@@ -21,6 +21,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def own_bentoml_home(folder: Path) -> dict[str, str]:
+    """The env of a BentoML home of a server's own in `folder`, sharing the real home's models and Bentos.
+
+    BentoML keeps a server's Prometheus files in `<home>/prometheus_multiproc_dir` and empties that folder
+    whenever a server starts: servers sharing one home erase each other's metrics (a pod has its own home).
+    """
+    shared = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    folder.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        link = folder / store
+        if not link.exists():
+            link.symlink_to(shared / store, target_is_directory=True)
+    return {"BENTOML_HOME": str(folder)}
+
+
 @contextlib.contextmanager
 def bento_server(target: str, settings: Settings, log_path: Path, env: dict[str, str] | None = None,
                  service: str | None = None) -> Iterator[str]:
@@ -38,5 +54,7 @@ def bento_server(target: str, settings: Settings, log_path: Path, env: dict[str,
     else:
         command = [str(Path(sys.executable).with_name("bentoml")), "serve", target]
     command += ["--host", "127.0.0.1", "--port", str(port)]
-    with server_process(command, f"{url}/readyz", {**os.environ, **settings_env(settings), **(env or {})}, log_path):
+    home = own_bentoml_home(log_path.parent / f"bentoml-home-{port}")
+    with server_process(command, f"{url}/readyz", {**os.environ, **settings_env(settings), **home, **(env or {})},
+                        log_path):
         yield url

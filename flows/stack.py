@@ -234,7 +234,7 @@ def _serving_target(settings: Settings) -> str:
 
 
 def _start_services(launch: Launch, env: dict[str, str]) -> None:
-    from flows.service_process import settings_env
+    from flows.service_process import own_bentoml_home, settings_env
 
     settings = launch.settings
     stack = settings.stack
@@ -243,12 +243,13 @@ def _start_services(launch: Launch, env: dict[str, str]) -> None:
     env = {**env, **settings_env(settings)}
     start = [sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server", target, "--host", "127.0.0.1"]
     quote_url, order_url = f"http://127.0.0.1:{stack.quote_port}", f"http://127.0.0.1:{stack.order_port}"
+    homes = {name: own_bentoml_home(stack_dir(settings) / f"bentoml-{name}") for name in ("EtaQuote", "EtaOrder")}
     launch.spawn("EtaQuote", start + ["--service-name", "EtaQuote", "--port", str(stack.quote_port)],
-           env, quote_url, f"{quote_url}/readyz")
+           {**env, **homes["EtaQuote"]}, quote_url, f"{quote_url}/readyz")
     # As deployed (eta.kubernetes): EtaOrder calls EtaQuote at its address instead of starting one of its own.
     launch.spawn("EtaOrder", start + ["--service-name", "EtaOrder", "--port", str(stack.order_port),
                                       "--depends", f"EtaQuote={quote_url}"],
-           env, order_url, f"{order_url}/readyz")
+           {**env, **homes["EtaOrder"]}, order_url, f"{order_url}/readyz")
 
 
 def deployments_fingerprint() -> str:

@@ -21,7 +21,7 @@ from eta.ingest import read_history
 from eta.registry import production_tag
 from eta.settings import PROJECT_ROOT
 from flows.processes import free_port, server_process
-from flows.service_process import settings_env
+from flows.service_process import own_bentoml_home, settings_env
 
 SERVING_LOCK = PROJECT_ROOT / "requirements-serving.lock"
 FULL_LOCK = PROJECT_ROOT / "requirements.lock"
@@ -78,7 +78,8 @@ def test_the_bento_serves_from_an_environment_holding_only_its_packed_requiremen
     assert flows_import.returncode != 0 and "No module named 'prefect'" in flows_import.stderr
 
     env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env |= settings_env(settings) | {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"}
+    env |= settings_env(settings) | own_bentoml_home(tmp_path / "bentoml") | {
+        "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     order = read_history(settings).iloc[-1]

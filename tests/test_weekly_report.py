@@ -281,7 +281,9 @@ def test_the_weekly_flow_reads_the_landed_log_and_publishes_the_headline(local_s
     assert report["reference_orders"] == len(whole_weeks(trained_on)) < len(trained_on)
     assert report["drifted_features"] == [] and Path(report["snapshot"]).exists()
     with get_client(sync_client=True) as client:
-        run = next(r for r in client.read_flow_runs() if client.read_flow(r.flow_id).name == "weekly-report")
+        # This test's run: other tests' weekly reports share the session's Prefect server.
+        run = next(r for r in client.read_flow_runs() if client.read_flow(r.flow_id).name == "weekly-report"
+                   and r.parameters.get("week") == "2026-10-22")
         (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["weekly-report"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     assert f"| MAE, min | {report['mae_min']:.2f} |" in artifact.data and report["snapshot"] in artifact.data

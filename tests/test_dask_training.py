@@ -26,7 +26,6 @@ def test_local_cluster_training_matches_in_process_metrics():
         with Client(cluster) as client:
             ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     assert "train_part" in ran, f"LightGBM's distributed training ran on the cluster: {ran}"
-    assert "[num_machines: 2]" in distributed_model.point.model_to_string(), "each model trained on both workers"
     on_dask = score(distributed_model, split.holdout)
     assert abs(on_dask["mae_min"] - in_process["mae_min"]) < 0.05 * in_process["mae_min"]
     assert abs(on_dask["interval_coverage_80"] - in_process["interval_coverage_80"]) < 0.05

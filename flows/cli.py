@@ -166,6 +166,8 @@ def _utc_day(value: str | datetime) -> datetime:
 
 
 Day = Annotated[datetime, typer.Option(parser=_utc_day, metavar="YYYY-MM-DD", help="UTC")]
+Week = Annotated[Optional[datetime], typer.Option(parser=_utc_day, metavar="YYYY-MM-DD",
+                                                  help="Any day of the ISO week (UTC); default: last week")]
 
 
 def _path(orders: Path | None) -> str | None:
@@ -262,10 +264,7 @@ def drift(namespace: Namespace = None, recent_days: Optional[float] = None) -> N
 
 
 @app.command()
-def report(namespace: Namespace = None,
-           week: Optional[datetime] = typer.Option(None, parser=_utc_day, metavar="YYYY-MM-DD",
-                                                   help="Any day of the ISO week to report (UTC); default: last week")
-           ) -> None:
+def report(namespace: Namespace = None, week: Week = None) -> None:
     """Weekly Evidently report of the logged predictions: drift, MAE, coverage; snapshot in <data dir>/evidently."""
     from flows.monitor import weekly_report_flow
 
@@ -273,10 +272,7 @@ def report(namespace: Namespace = None,
 
 
 @app.command()
-def feedback(namespace: Namespace = None,
-             week: Optional[datetime] = typer.Option(None, parser=_utc_day, metavar="YYYY-MM-DD",
-                                                     help="Any day of the ISO week to judge (UTC); default: last week")
-             ) -> None:
+def feedback(namespace: Namespace = None, week: Week = None) -> None:
     """Land the log, report the week, and run the retrain deployment if drift or decay crossed a threshold."""
     from flows.feedback import feedback_loop
 

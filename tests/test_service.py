@@ -131,7 +131,7 @@ def test_a_restaurant_page_gets_a_range_per_store_and_shown_again_comes_from_the
     # A time bucket no other test asks for: the first page can only be computed.
     shown_at = last_order["created_at"] + pd.Timedelta(days=30)
     page = _page(last_order, 50) | {"created_at": shown_at.isoformat()}
-    before = _events(service_url)
+    before = _settled_events(service_url)
     first = httpx.post(f"{service_url}/eta/quote", json=page, timeout=10)
     assert first.status_code == 200, first.text
     quote = first.json()
@@ -160,6 +160,16 @@ def _events(service_url: str) -> dict[tuple[str, str], float]:
 
 def _grew(before: dict, after: dict, kind: str, detail: str) -> float:
     return after.get((kind, detail), 0) - before.get((kind, detail), 0)
+
+
+def _settled_events(service_url: str) -> dict[tuple[str, str], float]:
+    """The counts once no earlier test's events are still on their way: two reads a flush apart agree."""
+    events = _events(service_url)
+    while True:
+        time.sleep(1.5)
+        if (again := _events(service_url)) == events:
+            return events
+        events = again
 
 
 def _events_once(service_url: str, condition) -> dict[tuple[str, str], float]:

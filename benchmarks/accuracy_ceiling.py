@@ -19,9 +19,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, epoch_seconds, model_inputs
+from eta.features.definitions import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, epoch_seconds, model_inputs
+from eta.model.training import LABEL, lightgbm_params, platform_estimate_minutes, split_by_time, train_eta_model
 from eta.settings import get_settings
-from eta.training import LABEL, lightgbm_params, platform_estimate_minutes, split_by_time, train_eta_model
 from flows.common import namespace_for
 
 ORDERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "doordash_orders_sample.csv"

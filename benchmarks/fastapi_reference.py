@@ -2,7 +2,7 @@
 
 Same `Predictor`, same guard (API key, body bounds), same telemetry (cache and degraded counters,
 feature age, event-loop lag, model age), the same latency histogram per endpoint and /metrics
-(`eta.telemetry.LatencyMetrics`), the same JSON logs. Served by uvicorn (one worker, uvloop, httptools, no access log) in
+(`eta.serving.telemetry.LatencyMetrics`), the same JSON logs. Served by uvicorn (one worker, uvloop, httptools, no access log) in
 `make bench-serving`, so the table shows what BentoML's serving layer costs on top of the same work.
 """
 
@@ -14,14 +14,19 @@ from contextlib import asynccontextmanager
 import bentoml
 from fastapi import FastAPI
 
-from eta.api import Eta, Order, Quote, QuoteRequest
-from eta.drift_status import drift_status_path
-from eta.http_guard import Guard
-from eta.registry import load_model, production_tag
-from eta.serving import Predictor, redis_client
+from eta.model.registry import load_model, production_tag
+from eta.monitoring.drift_status import drift_status_path
+from eta.serving.api import Eta, Order, Quote, QuoteRequest
+from eta.serving.core import Predictor, redis_client
+from eta.serving.http_guard import Guard
+from eta.serving.telemetry import (
+    LatencyMetrics,
+    PrometheusTelemetry,
+    export_served_model,
+    json_logs,
+    sample_event_loop_lag,
+)
 from eta.settings import get_settings
-from eta.telemetry import (LatencyMetrics, PrometheusTelemetry, export_served_model, json_logs,
-                           sample_event_loop_lag)
 
 settings = get_settings()
 json_logs()

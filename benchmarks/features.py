@@ -19,13 +19,13 @@ os.environ.setdefault("ETA_ONLINE_STORE", "redis")
 
 import pandas as pd  # noqa: E402
 
-from eta.feature_store import apply_definitions, feature_store, materialize, push_market_state  # noqa: E402
-from eta.feature_tables import write_feature_tables  # noqa: E402
-from eta.ingest import ingest_batch, read_history  # noqa: E402
-from eta.orders import validate_orders  # noqa: E402
+from eta.features.store import apply_definitions, feature_store, materialize, push_market_state  # noqa: E402
+from eta.features.tables import write_feature_tables  # noqa: E402
+from eta.model.training import training_set  # noqa: E402
+from eta.orders.ingest import ingest_batch, read_history  # noqa: E402
+from eta.orders.schema import validate_orders  # noqa: E402
+from eta.orders.simulate import simulate_orders  # noqa: E402
 from eta.settings import SimulationSettings, get_settings  # noqa: E402
-from eta.simulate import simulate_orders  # noqa: E402
-from eta.training import training_set  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "features.json"
 

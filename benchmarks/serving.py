@@ -21,7 +21,7 @@ import yaml
 
 from benchmarks.loadgen import Run, constant_rate, saturate
 from benchmarks.serving_setup import feast_bodies, order_bodies, prepare, quote_bodies
-from eta.feature_store import feature_store_yaml
+from eta.features.store import feature_store_yaml
 from eta.settings import PROJECT_ROOT, Settings
 from flows.processes import free_port, server_process
 from flows.service_process import bento_server, settings_env

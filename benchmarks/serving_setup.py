@@ -24,9 +24,9 @@ BENCH_ENV = {
 for name, value in BENCH_ENV.items():
     os.environ.setdefault(name, value)
 
-from eta.features import ORDER_REQUEST_FIELDS  # noqa: E402
-from eta.ingest import read_history  # noqa: E402
-from eta.registry import production_tag  # noqa: E402
+from eta.features.definitions import ORDER_REQUEST_FIELDS  # noqa: E402
+from eta.model.registry import production_tag  # noqa: E402
+from eta.orders.ingest import read_history  # noqa: E402
 from eta.settings import Settings, get_settings  # noqa: E402
 from flows.pipeline import eta_pipeline  # noqa: E402
 from flows.prefect_api import prefect_api  # noqa: E402

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from eta.features import store_history
-from eta.orders import delivery_minutes, order_ids
+from eta.features.definitions import store_history
+from eta.model.training import LABEL, score, split_by_time, train_eta_model
+from eta.orders.schema import delivery_minutes, order_ids
+from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings, get_settings
-from eta.simulate import simulate_orders
-from eta.training import LABEL, score, split_by_time, train_eta_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 

@@ -6,7 +6,7 @@
   Bento's entry service and also forwards `/eta/quote`, so `bentoml serve` answers both on one port;
   deployed, each service is its own deployment (`--service-name EtaQuote`) with its own workers.
 
-Both run `eta.serving.Predictor` on the production model (inside a built Bento the only model packed
+Both run `eta.serving.core.Predictor` on the production model (inside a built Bento the only model packed
 is the production one, so `latest` resolves to it). Readiness turns true only after the model is
 loaded, the Redis pool is open, the Feast registry was read and warm-up predictions ran.
 """
@@ -22,15 +22,20 @@ from pathlib import Path
 
 import bentoml
 
-from eta.api import Eta, Order, Quote, QuoteRequest, QuoteStore
-from eta.drift_status import drift_status_path
-from eta.feature_store import feature_store
-from eta.http_guard import Guard
-from eta.registry import load_model_from, production_tag
-from eta.serving import Predictor, redis_client
+from eta.features.store import feature_store
+from eta.model.registry import load_model_from, production_tag
+from eta.monitoring.drift_status import drift_status_path
+from eta.serving.api import Eta, Order, Quote, QuoteRequest, QuoteStore
+from eta.serving.core import Predictor, redis_client
+from eta.serving.http_guard import Guard
+from eta.serving.telemetry import (
+    LatencyMetrics,
+    PrometheusTelemetry,
+    export_served_model,
+    json_logs,
+    sample_event_loop_lag,
+)
 from eta.settings import get_settings
-from eta.telemetry import (LatencyMetrics, PrometheusTelemetry, export_served_model, json_logs,
-                           sample_event_loop_lag)
 
 settings = get_settings()
 json_logs()
@@ -47,7 +52,7 @@ LOGGING = {"access": {"enabled": False}}
 # (OTEL_SDK_DISABLED=false plus BentoML's tracing config).
 ENVS = [{"name": "OTEL_SDK_DISABLED", "value": "true"}]
 TRACING = {"excluded_urls": ["/eta/order", "/eta/quote"]}
-# Request latency per endpoint comes from `eta.telemetry.LatencyMetrics` (as in the FastAPI reference):
+# Request latency per endpoint comes from `eta.serving.telemetry.LatencyMetrics` (as in the FastAPI reference):
 # BentoML's own metrics middleware spends ~35 us a request on label lookups and multiprocess writes.
 METRICS = {"enabled": False}
 WARM_UP_ORDER = Order(store_id=0, market_id=1, order_protocol=1, total_items=1, subtotal=0, num_distinct_items=1,

@@ -48,7 +48,7 @@ class WorldChange(BaseModel):
 
 
 class RetrainingSettings(BaseModel):
-    """When the weekly report triggers the retrain deployment (`eta.retraining`)."""
+    """When the weekly report triggers the retrain deployment (`eta.monitoring.retraining`)."""
 
     important_features: int = Field(8, ge=1)  # drift counts only in the model's top features by gain
     mae_decay_margin: float = Field(0.10, ge=0)  # MAE over the champion's held-out MAE by more than this share

@@ -1,10 +1,10 @@
 """Feast definitions for eta: entities, feature views and the feature service the model and the service share.
 
 Definitions only: Feast imports this file on apply, so nothing here runs work. Sources name the
-Parquet tables the features flow writes (`eta.feature_store.apply_definitions` anchors them in the
+Parquet tables the features flow writes (`eta.features.store.apply_definitions` anchors them in the
 namespace's own feature folder) or, on the `gcp` profile, BigQuery tables of the same names; one set
 of definitions serves every namespace and both profiles. Feature names come
-from `eta.features` so training and serving can never disagree on them.
+from `eta.features.definitions` so training and serving can never disagree on them.
 """
 
 from datetime import timedelta
@@ -12,7 +12,7 @@ from datetime import timedelta
 from feast import BigQuerySource, Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64
 
-from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES
+from eta.features.definitions import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES
 from eta.settings import get_settings
 
 settings = get_settings()

@@ -13,7 +13,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 from prefect import flow, get_run_logger, task
 
-from eta.registry import require_production_tag
+from eta.model.registry import require_production_tag
 from eta.settings import PROJECT_ROOT
 from flows.common import settings_with
 

@@ -290,7 +290,7 @@ def land(namespace: Namespace = None) -> None:
 @app.command()
 def staleness(namespace: Namespace = None) -> None:
     """Age of the newest value per feature view in the Redis online store."""
-    from eta.staleness import online_staleness
+    from eta.features.staleness import online_staleness
     from flows.features import FEATURE_VIEWS
 
     _print(online_staleness(_namespaced(namespace), FEATURE_VIEWS))
@@ -311,8 +311,8 @@ def feast_config(
 @app.command()
 def peaks(namespace: Namespace = None) -> None:
     """Meal peaks of the namespace's orders (hour-of-week volume, lead time): when the services scale up and down."""
-    from eta.ingest import held_history
-    from eta.meal_peaks import meal_peaks
+    from eta.orders.ingest import held_history
+    from eta.serving.meal_peaks import meal_peaks
 
     settings = _namespaced(namespace)
     _print([window.as_dict() for window in meal_peaks(held_history(settings), settings.kubernetes)])
@@ -321,9 +321,10 @@ def peaks(namespace: Namespace = None) -> None:
 @app.command()
 def manifests(namespace: Namespace = None) -> None:
     """Every Kubernetes manifest as one YAML stream (for `kubectl apply -f -`), peak CronJobs from the namespace's orders."""
-    from eta.ingest import held_history
-    from eta.kubernetes import manifests as render, yaml_stream
-    from eta.meal_peaks import meal_peaks
+    from eta.orders.ingest import held_history
+    from eta.serving.kubernetes import manifests as render
+    from eta.serving.kubernetes import yaml_stream
+    from eta.serving.meal_peaks import meal_peaks
 
     settings = _namespaced(namespace)
     typer.echo(yaml_stream(render(settings, meal_peaks(held_history(settings), settings.kubernetes))), nl=False)
@@ -332,7 +333,7 @@ def manifests(namespace: Namespace = None) -> None:
 @app.command("work-pool-template")
 def work_pool_template() -> None:
     """The Prefect Kubernetes work pool's base job template (JSON), for `prefect work-pool create --base-job-template`."""
-    from eta.kubernetes import work_pool_template as render
+    from eta.serving.kubernetes import work_pool_template as render
 
     _print(render(get_settings()))
 
@@ -344,7 +345,7 @@ def _namespaced(namespace: str | None):
 @models_app.command("list")
 def models_list(namespace: Namespace = None) -> None:
     """Every stored model, newest first: MAE, coverage, gate decision, which one serves."""
-    from eta.registry import list_models
+    from eta.model.registry import list_models
 
     _print(list_models(_namespaced(namespace)))
 
@@ -352,7 +353,7 @@ def models_list(namespace: Namespace = None) -> None:
 @models_app.command("promote")
 def models_promote(tag: str, namespace: Namespace = None) -> None:
     """Make TAG the production model (a person's decision: the gate's record stays with the model)."""
-    from eta.registry import production_tag, promote
+    from eta.model.registry import production_tag, promote
 
     settings = _namespaced(namespace)
     promote(tag, settings)
@@ -362,7 +363,7 @@ def models_promote(tag: str, namespace: Namespace = None) -> None:
 @models_app.command("rollback")
 def models_rollback(namespace: Namespace = None) -> None:
     """Put the previous production model back."""
-    from eta.registry import rollback
+    from eta.model.registry import rollback
 
     _print({"production": rollback(_namespaced(namespace))})
 

@@ -12,10 +12,10 @@ import time
 
 import httpx
 
-from eta.feature_store import online_store_kind
-from eta.features import ORDER_REQUEST_FIELDS
-from eta.ingest import read_history
-from eta.registry import model_metadata, production_tag
+from eta.features.definitions import ORDER_REQUEST_FIELDS
+from eta.features.store import online_store_kind
+from eta.model.registry import model_metadata, production_tag
+from eta.orders.ingest import read_history
 from eta.settings import get_settings
 from flows.pipeline import eta_pipeline
 from flows.prefect_api import prefect_api

@@ -11,9 +11,9 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from eta.drift_status import drift_status_path, write_drift_status
-from eta.ingest import read_history
-from eta.registry import model_metadata, require_production_tag
+from eta.model.registry import model_metadata, require_production_tag
+from eta.monitoring.drift_status import drift_status_path, write_drift_status
+from eta.orders.ingest import read_history
 from eta.settings import Settings
 from flows.common import retry_unless_user_error, settings_with
 from monitoring.drift import drift_report, split_for_drift

@@ -12,13 +12,13 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from eta.feature_store import feature_store
-from eta.ingest import read_history
-from eta.orders import load_orders_file
 from eta.errors import UserError
-from eta.registry import load_model, require_production_tag
+from eta.features.store import feature_store
+from eta.model.registry import load_model, require_production_tag
+from eta.model.training import score, training_set
+from eta.orders.ingest import read_history
+from eta.orders.schema import load_orders_file
 from eta.settings import Settings
-from eta.training import score, training_set
 from flows.common import namespace_for, retry_unless_user_error, settings_with
 from flows.features import build_features
 from flows.ingest import ingest_orders

@@ -1,6 +1,6 @@
 """`eta feast-config`: a `feature_store.yaml` so Feast's own CLI and UI see a namespace as the code does.
 
-eta builds its Feast configuration in code (`eta.feature_store.feature_store_yaml`); this writes that
+eta builds its Feast configuration in code (`eta.features.store.feature_store_yaml`); this writes that
 same configuration to a file, for `feast -c <dir> feature-views list`, `feast -c <dir> ui` or `feast
 -c <dir> materialize-incremental`. The Redis password never goes into the file: Feast expands
 `${VAR}` in `feature_store.yaml` when it reads it, so the file names `ETA_REDIS_PASSWORD` instead.
@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from eta.feature_store import feature_store_yaml, online_store_kind
+from eta.features.store import feature_store_yaml, online_store_kind
 from eta.settings import Settings
 
 PASSWORD_VARIABLE = "ETA_REDIS_PASSWORD"

@@ -14,11 +14,11 @@ from datetime import datetime, timedelta, timezone
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from eta.feature_store import apply_definitions, feature_store, incremental_start, materialize, online_store_kind
 from eta.errors import UsageError
-from eta.feature_tables import write_feature_tables
+from eta.features.staleness import online_staleness
+from eta.features.store import apply_definitions, feature_store, incremental_start, materialize, online_store_kind
+from eta.features.tables import write_feature_tables
 from eta.settings import Settings
-from eta.staleness import online_staleness
 from flows.common import retry_unless_user_error, settings_with
 
 FEATURE_VIEWS = ["store_history", "market_state"]

@@ -1,7 +1,7 @@
 """The feedback loop's weekly turn: land the prediction log, report the week, and retrain if the world moved.
 
 Lands what the services logged (joined with the actual delivery times ingested so far), builds the week's
-Evidently report, and reads its verdict with `eta.retraining`: a breach with enough new labelled orders
+Evidently report, and reads its verdict with `eta.monitoring.retraining`: a breach with enough new labelled orders
 and no recent retrain runs the retrain deployment through Prefect, with the reason as a parameter and a
 tag. Every decision, triggered or not, is a `retrain-decision` artifact. The retrained model still passes
 the gate before it serves.
@@ -18,9 +18,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime
 from prefect.deployments import run_deployment
 
-from eta.ingest import read_history
-from eta.registry import load_model, model_metadata, require_production_tag
-from eta.retraining import RetrainDecision, breaches, decide, important_features
+from eta.model.registry import load_model, model_metadata, require_production_tag
+from eta.monitoring.retraining import RetrainDecision, breaches, decide, important_features
+from eta.orders.ingest import read_history
 from eta.settings import Settings
 from flows.common import settings_with
 from flows.land_predictions import land_predictions

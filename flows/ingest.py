@@ -14,18 +14,18 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from eta.api import EARLIEST
-from eta.feature_store import append_market_state_offline, can_push_market_state, feature_store, push_market_state
-from eta.ingest import ingest_batch, read_history
-from eta.orders import OrdersBatch, load_orders_file, validate_orders
+from eta.features.store import append_market_state_offline, can_push_market_state, feature_store, push_market_state
+from eta.orders.ingest import ingest_batch, read_history
+from eta.orders.schema import OrdersBatch, load_orders_file, validate_orders
+from eta.orders.simulate import simulate_orders
+from eta.serving.api import EARLIEST
 from eta.settings import Settings
-from eta.simulate import simulate_orders
 from flows.common import namespace_for, retry_unless_user_error, settings_with
 
 
 def bigquery_batch(settings: Settings) -> OrdersBatch:
     """The orders BigQuery holds since just before the newest one held here (the `gcp` profile)."""
-    from eta.bigquery_orders import bigquery_client, incremental_window, orders_query, read_orders
+    from eta.orders.bigquery import bigquery_client, incremental_window, orders_query, read_orders
 
     held = read_history(settings)
     newest = held["created_at"].max() if len(held) else None

@@ -2,7 +2,7 @@
 
 Run: `eta land [--namespace NS]` or `python -m flows.land_predictions`.
 
-1. Spools of workers that died (`eta.prediction_log`) are replayed into the stream first.
+1. Spools of workers that died (`eta.serving.prediction_log`) are replayed into the stream first.
 2. Entries are taken from the stream `eta:predictions:<project>` through the consumer group `landing`
    (at-least-once): first those another lander read and never acknowledged (`XAUTOCLAIM` after
    `claim_idle_s`: it died), then new ones (`XREADGROUP`), at most `land_max_entries` per run.
@@ -32,9 +32,15 @@ import redis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
-from eta.orders import delivery_minutes
-from eta.prediction_log import FIELD, dead_worker_spools, decode, spool_records, stream_key
+from eta.features.definitions import (
+    MARKET_STATE_FEATURES,
+    MODEL_FEATURES,
+    REQUEST_FIELDS,
+    STORE_HISTORY_FEATURES,
+    model_inputs,
+)
+from eta.orders.schema import delivery_minutes
+from eta.serving.prediction_log import FIELD, dead_worker_spools, decode, spool_records, stream_key
 from eta.settings import Settings
 from flows.common import retry_unless_user_error, settings_with
 
@@ -183,7 +189,7 @@ def land_in_bigquery(frame: pd.DataFrame, settings: Settings) -> int:
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
-    from eta.bigquery_orders import bigquery_client
+    from eta.orders.bigquery import bigquery_client
 
     config = settings.gcp
     client = bigquery_client(config)

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from eta.errors import UserError
-from eta.registry import load_model, model_metadata, require_production_tag
+from eta.model.registry import load_model, model_metadata, require_production_tag
 from eta.settings import Settings
 from flows.common import retry_unless_user_error, settings_with
 from monitoring.weekly_report import IsoWeek, iso_week, training_reference, weekly_report

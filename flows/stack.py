@@ -227,7 +227,7 @@ def prometheus_config(settings: Settings) -> dict[str, Any]:
 
 def _serving_target(settings: Settings) -> str:
     """The Bento built around the production model, as production serves it; else the service source."""
-    from eta.registry import require_production_tag
+    from eta.model.registry import require_production_tag
     from flows.build import bento_serving
 
     return bento_serving(require_production_tag(settings, "the services serve it")) or "bentos.eta_service:EtaOrder"
@@ -246,7 +246,7 @@ def _start_services(launch: Launch, env: dict[str, str]) -> None:
     homes = {name: own_bentoml_home(stack_dir(settings) / f"bentoml-{name}") for name in ("EtaQuote", "EtaOrder")}
     launch.spawn("EtaQuote", start + ["--service-name", "EtaQuote", "--port", str(stack.quote_port)],
            {**env, **homes["EtaQuote"]}, quote_url, f"{quote_url}/readyz")
-    # As deployed (eta.kubernetes): EtaOrder calls EtaQuote at its address instead of starting one of its own.
+    # As deployed (eta.serving.kubernetes): EtaOrder calls EtaQuote at its address instead of starting one of its own.
     launch.spawn("EtaOrder", start + ["--service-name", "EtaOrder", "--port", str(stack.order_port),
                                       "--depends", f"EtaQuote={quote_url}"],
            {**env, **homes["EtaOrder"]}, order_url, f"{order_url}/readyz")
@@ -308,7 +308,7 @@ def _run_pipeline(api_url: str) -> None:
 
 
 def _start(launch: Launch) -> None:
-    from eta.registry import production_tag
+    from eta.model.registry import production_tag
 
     settings = launch.settings
     stack = settings.stack

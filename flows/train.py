@@ -12,14 +12,14 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from eta.behaviour import behaviour_failures
-from eta.feature_store import feature_store
-from eta.features import MODEL_FEATURES, model_inputs
-from eta.ingest import held_history
-from eta.registry import gate, load_model, model_metadata, production_tag, promote, save_model
+from eta.features.definitions import MODEL_FEATURES, model_inputs
+from eta.features.store import feature_store
+from eta.model.behaviour import behaviour_failures
+from eta.model.registry import gate, load_model, model_metadata, production_tag, promote, save_model
+from eta.model.training import baselines, score, split_by_time, train_eta_model, training_set
+from eta.orders.ingest import held_history
 from eta.settings import Settings
 from eta.storage import write_table
-from eta.training import baselines, score, split_by_time, train_eta_model, training_set
 from flows.common import retry_unless_user_error, settings_with
 
 METRIC_COLUMNS = ["mae_min", "rmse_min", "p90_abs_err_min", "within_5_min", "within_10_min",

@@ -10,8 +10,8 @@ import pandas as pd
 from evidently import Report
 from evidently.presets import DataDriftPreset
 
-from eta.features import MODEL_FEATURES, STORE_HISTORY_FEATURES, model_inputs
-from eta.orders import delivery_minutes
+from eta.features.definitions import MODEL_FEATURES, STORE_HISTORY_FEATURES, model_inputs
+from eta.orders.schema import delivery_minutes
 
 # Store history is a rolling summary of the label itself; its drift shows up in `delivery_minutes`.
 DRIFT_COLUMNS = [f for f in MODEL_FEATURES if f not in STORE_HISTORY_FEATURES]

@@ -30,9 +30,9 @@ from evidently.sdk.models import PanelMetric
 from evidently.sdk.panels import counter_panel, line_plot_panel
 from evidently.ui.workspace import Project, Workspace
 
-from eta.features import MODEL_FEATURES, model_inputs
+from eta.features.definitions import MODEL_FEATURES, model_inputs
+from eta.model.training import EtaModel
 from eta.settings import MonitoringSettings, Settings
-from eta.training import EtaModel
 
 CALENDAR_FEATURES = ["hour_of_day", "day_of_week", "hour_of_week"]
 CATEGORICAL_FEATURES = ["market_id", "order_protocol"]

@@ -78,7 +78,7 @@ def service_url(settings: Settings, pipeline_result: dict):
 @pytest.fixture(scope="session", autouse=True)
 def _cleanup(settings: Settings):
     yield
-    from eta.feature_store import feature_store
+    from eta.features.store import feature_store
 
     if (settings.project_path / "registry.db").exists():
         feature_store(settings, "redis").teardown()
@@ -102,12 +102,12 @@ def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def redis_store(local_settings, settings):
     """A materialized feature store of this test's own, online in the real Redis, torn down after."""
-    from eta.feature_store import apply_definitions, feature_store, materialize
-    from eta.feature_tables import write_feature_tables
-    from eta.ingest import ingest_batch
-    from eta.orders import validate_orders
+    from eta.features.store import apply_definitions, feature_store, materialize
+    from eta.features.tables import write_feature_tables
+    from eta.orders.ingest import ingest_batch
+    from eta.orders.schema import validate_orders
+    from eta.orders.simulate import simulate_orders
     from eta.settings import SimulationSettings
-    from eta.simulate import simulate_orders
 
     own = local_settings.model_copy(update={"online_store": "redis", "redis_url": settings.redis_url,
                                             "feast_project": f"eta_push_{uuid.uuid4().hex[:8]}"})
@@ -123,9 +123,9 @@ def redis_store(local_settings, settings):
 
 
 def _drop_prediction_log(settings: Settings) -> None:
-    """The prediction stream answers in a test's Feast project wrote (eta.prediction_log)."""
+    """The prediction stream answers in a test's Feast project wrote (eta.serving.prediction_log)."""
     import redis
 
-    from eta.prediction_log import stream_key
+    from eta.serving.prediction_log import stream_key
 
     redis.Redis.from_url(settings.redis_url).delete(stream_key(settings.feast_project))

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import redis
 import pytest
+import redis
 
-from eta.features import STORE_HISTORY_FEATURES
+from eta.features.definitions import STORE_HISTORY_FEATURES
 
 SHARED_ORDERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "doordash_orders_sample.csv"
 

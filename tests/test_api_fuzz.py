@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
-from eta.api import EARLIEST, LATEST
+from eta.serving.api import EARLIEST, LATEST
 
 
 @pytest.mark.parametrize("path", ["/eta/order", "/eta/quote"])

@@ -16,9 +16,9 @@ import bentoml
 import httpx
 import pytest
 
-from eta.features import ORDER_REQUEST_FIELDS
-from eta.ingest import read_history
-from eta.registry import production_tag
+from eta.features.definitions import ORDER_REQUEST_FIELDS
+from eta.model.registry import production_tag
+from eta.orders.ingest import read_history
 from eta.settings import PROJECT_ROOT
 from flows.processes import free_port, server_process
 from flows.service_process import own_bentoml_home, settings_env

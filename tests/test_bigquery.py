@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from eta.bigquery_orders import bigquery_client, incremental_window, orders_query, read_orders
-from eta.orders import ORDER_COLUMNS, validate_orders
+from eta.orders.bigquery import bigquery_client, incremental_window, orders_query, read_orders
+from eta.orders.schema import ORDER_COLUMNS, validate_orders
+from eta.orders.simulate import simulate_orders
 from eta.settings import PROJECT_ROOT, GcpSettings, Settings, SimulationSettings
-from eta.simulate import simulate_orders
 from flows.processes import free_port, server_process
 
 CRUCIBLE = PROJECT_ROOT / ".crucible" / "bin" / "crucible"
@@ -130,7 +130,7 @@ def test_the_gcp_profile_gives_feast_a_bigquery_offline_store_and_sources(monkey
     from feast import BigQuerySource
     from feast.repo_operations import parse_repo
 
-    from eta.feature_store import FEATURE_REPO, _inside, repo_config
+    from eta.features.store import FEATURE_REPO, _inside, repo_config
     from eta.settings import get_settings
 
     monkeypatch.setenv("ETA_PROFILE", "gcp")

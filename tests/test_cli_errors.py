@@ -19,11 +19,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
-from eta.feature_store import feature_store
-from eta.orders import ORDER_COLUMNS
-from eta.registry import list_models
+from eta.features.store import feature_store
+from eta.model.registry import list_models
+from eta.orders.schema import ORDER_COLUMNS
+from eta.orders.simulate import simulate_orders
 from eta.settings import PROJECT_ROOT, SimulationSettings
-from eta.simulate import simulate_orders
 
 PROGRESS = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| (INFO|WARNING) +\| ")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from eta.ingest import read_history
-from eta.registry import list_models, load_model, model_metadata, production_tag, save_model
+from eta.model.registry import list_models, load_model, model_metadata, production_tag, save_model
+from eta.orders.ingest import read_history
 from eta.settings import PROJECT_ROOT
 from tests.helpers import shared_orders
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from distributed import Client, LocalCluster
 
-from eta.features import model_inputs
-from eta.orders import delivery_minutes
+from eta.features.definitions import model_inputs
+from eta.model.training import LABEL, score, split_by_time, train_eta_model
+from eta.orders.schema import delivery_minutes
+from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings, TrainingSettings
-from eta.simulate import simulate_orders
-from eta.training import LABEL, score, split_by_time, train_eta_model
 from tests.helpers import fixed_store_history
 
 

@@ -25,8 +25,8 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 
-from eta.feature_store import feature_store
-from eta.registry import list_models, model_metadata, production_tag
+from eta.features.store import feature_store
+from eta.model.registry import list_models, model_metadata, production_tag
 from eta.settings import PROJECT_ROOT, Settings
 from flows.processes import free_port, server_process
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings
-from eta.simulate import simulate_orders
 from monitoring.drift import drift_report
 
 

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eta.feature_store import apply_definitions, feature_store
-from eta.feature_tables import write_feature_tables
-from eta.features import MODEL_FEATURES, epoch_seconds, hour_of_week, model_inputs, store_history
-from eta.ingest import ingest_batch
-from eta.orders import delivery_minutes, validate_orders
+from eta.features.definitions import MODEL_FEATURES, epoch_seconds, hour_of_week, model_inputs, store_history
+from eta.features.store import apply_definitions, feature_store
+from eta.features.tables import write_feature_tables
+from eta.model.training import training_set
+from eta.orders.ingest import ingest_batch
+from eta.orders.schema import delivery_minutes, validate_orders
+from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings
-from eta.simulate import simulate_orders
-from eta.training import training_set
 from tests.helpers import fixed_store_history
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from eta.kubernetes import WORK_POOL_TEMPLATE
+from eta.serving.kubernetes import WORK_POOL_TEMPLATE
 from eta.settings import Settings
 from eta.storage import write_table
 
@@ -221,7 +221,7 @@ def test_the_work_pool_template_in_the_repo_is_eta_yaml_rendered_and_its_job_val
 
 
 def test_a_week_without_an_off_peak_gap_longer_than_the_lead_schedules_nothing():
-    from eta.meal_peaks import merge_windows
+    from eta.serving.meal_peaks import merge_windows
 
     assert merge_windows(list(range(7 * 24)), 30) == []
     assert merge_windows([hour for hour in range(7 * 24) if hour != 50], 60) == [], "a one-hour gap within a 60-minute lead"

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eta.api import Order, QuoteRequest, QuoteStore
-from eta.features import MARKET_STATE_FEATURES, ORDER_REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
-from eta.registry import gate, load_model, load_model_from, model_metadata, save_model
-from eta.serving import Predictor, redis_client
+from eta.features.definitions import MARKET_STATE_FEATURES, ORDER_REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
+from eta.model.registry import gate, load_model, load_model_from, model_metadata, save_model
+from eta.model.training import LABEL, EtaModel, predict_frame, score, split_by_time, train_eta_model
+from eta.orders.simulate import simulate_orders
+from eta.serving.api import Order, QuoteRequest, QuoteStore
+from eta.serving.core import Predictor, redis_client
 from eta.settings import GateSettings, SimulationSettings, TrainingSettings
-from eta.simulate import simulate_orders
-from eta.training import LABEL, EtaModel, predict_frame, score, split_by_time, train_eta_model
 from tests.helpers import fixed_store_history
 
 NOISE = {1: 0.15, 2: 0.30}  # sd of log(actual / expected): market 2 twice as noisy

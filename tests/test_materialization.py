@@ -9,10 +9,10 @@ import pytest
 import redis
 from feast.infra.online_stores.redis import RedisOnlineStore
 
-from eta.feature_store import feature_store, incremental_start, materialize
-from eta.feature_tables import write_feature_tables
-from eta.ingest import ingest_batch
-from eta.orders import validate_orders
+from eta.features.store import feature_store, incremental_start, materialize
+from eta.features.tables import write_feature_tables
+from eta.orders.ingest import ingest_batch
+from eta.orders.schema import validate_orders
 from flows.features import apply_and_materialize
 
 

@@ -6,13 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eta.behaviour import LONGER_NEVER_SOONER, behaviour_failures
-from eta.features import MODEL_FEATURES, model_inputs
-from eta.orders import delivery_minutes
-from eta.registry import gate, list_models, load_model, model_metadata, production_tag, promote, rollback, save_model
+from eta.features.definitions import MODEL_FEATURES, model_inputs
+from eta.model.behaviour import LONGER_NEVER_SOONER, behaviour_failures
+from eta.model.registry import (
+    gate,
+    list_models,
+    load_model,
+    model_metadata,
+    production_tag,
+    promote,
+    rollback,
+    save_model,
+)
+from eta.model.training import LABEL, EtaModel, split_by_time, train_eta_model
+from eta.orders.schema import delivery_minutes
+from eta.orders.simulate import simulate_orders
 from eta.settings import GateSettings, SimulationSettings, TrainingSettings
-from eta.simulate import simulate_orders
-from eta.training import LABEL, EtaModel, split_by_time, train_eta_model
 from tests.helpers import fixed_store_history
 
 GATE = GateSettings(mae_margin=0.2, market_regression_limit=0.05, coverage_band=(0.75, 0.85))
@@ -136,7 +145,7 @@ BIGGER = {
 @pytest.mark.parametrize("change,shorter_allowed", BIGGER.values(), ids=BIGGER.keys())
 def test_promoted_model_gives_longer_etas_for_longer_drives_and_bigger_baskets(pipeline_result, change, shorter_allowed):
     """Behavioural check on the model the pipeline promoted: averaged over real rows, not one lucky row."""
-    from eta.ingest import read_history
+    from eta.orders.ingest import read_history
     from eta.settings import get_settings
 
     settings = get_settings()

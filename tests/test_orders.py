@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eta.ingest import BatchRejected, ingest_batch, read_history
-from eta.orders import ORDER_COLUMNS, delivery_minutes, load_orders_file, validate_orders
+from eta.orders.ingest import BatchRejected, ingest_batch, read_history
+from eta.orders.schema import ORDER_COLUMNS, delivery_minutes, load_orders_file, validate_orders
+from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings
-from eta.simulate import simulate_orders
 from tests.helpers import shared_orders
 
 SMALL = SimulationSettings(markets=2, stores=20, days=7, orders_per_store_day=10, seed=3)

@@ -17,9 +17,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
-from eta.feature_store import feature_store
-from eta.ingest import read_history
-from eta.registry import model_metadata, production_tag
+from eta.features.store import feature_store
+from eta.model.registry import model_metadata, production_tag
+from eta.orders.ingest import read_history
 
 STAGES = ["ingest", "features", "train", "build", "drift"]
 

@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from eta.feature_store import apply_definitions, feature_store
-from eta.feature_tables import write_feature_tables
-from eta.ingest import ingest_batch
-from eta.orders import MARKET_STATE_COLUMNS, delivery_minutes, validate_orders
+from eta.features.store import apply_definitions, feature_store
+from eta.features.tables import write_feature_tables
+from eta.model.training import training_entities, training_set
+from eta.orders.ingest import ingest_batch
+from eta.orders.schema import MARKET_STATE_COLUMNS, delivery_minutes, validate_orders
+from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings
-from eta.simulate import simulate_orders
-from eta.training import training_entities, training_set
 
 START = pd.Timestamp("2026-10-01", tz="UTC")
 BASE = simulate_orders(SimulationSettings(markets=1, stores=1, days=1, seed=1)).iloc[0].to_dict()

@@ -21,15 +21,21 @@ import pandas as pd
 import pytest
 import redis
 
-from eta.api import Order, QuoteRequest, QuoteStore
-from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, ORDER_REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
-from eta.ingest import ingest_batch, read_history
-from eta.online_features import MARKET_STATE, STORE_HISTORY, OnlineFeatureReader
-from eta.orders import delivery_minutes, load_orders_file, validate_orders
-from eta.prediction_log import FIELD, decode, spool_dir, stream_key
-from eta.serving import Predictor, redis_client
+from eta.features.definitions import (
+    MARKET_STATE_FEATURES,
+    MODEL_FEATURES,
+    ORDER_REQUEST_FIELDS,
+    STORE_HISTORY_FEATURES,
+    model_inputs,
+)
+from eta.features.online import MARKET_STATE, STORE_HISTORY, OnlineFeatureReader
+from eta.orders.ingest import ingest_batch, read_history
+from eta.orders.schema import delivery_minutes, load_orders_file, validate_orders
+from eta.orders.simulate import simulate_orders
+from eta.serving.api import Order, QuoteRequest, QuoteStore
+from eta.serving.core import Predictor, redis_client
+from eta.serving.prediction_log import FIELD, decode, spool_dir, stream_key
 from eta.settings import SimulationSettings, get_settings
-from eta.simulate import simulate_orders
 from flows.processes import free_port
 from tests.helpers import start_redis_server
 from tests.test_serving_core import model  # noqa: F401 - the small real booster fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 from feast import Entity
 
-from eta.feature_store import apply_definitions, feature_store, push_market_state
-from eta.feature_tables import write_feature_tables
+from eta.features.store import apply_definitions, feature_store, push_market_state
+from eta.features.tables import write_feature_tables
+from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings
-from eta.simulate import simulate_orders
 
 
 def _online_onshift(store, settings, market_id: int) -> float:
@@ -45,7 +45,7 @@ def test_ingest_flow_pushes_the_new_batch_without_waiting_for_materialization(re
     assert report["new_orders"] == 3 and report["markets_pushed"] == 1
     assert _online_onshift(store, settings, 2) == 43.0
     assert report["market_states_offline"] == 1, "the offline table holds the pushed state at once"
-    from eta.training import training_set
+    from eta.model.training import training_set
 
     joined = training_set(store, fresh.assign(order_id=["a", "b", "c"]), settings.feature_service)
     assert list(joined["total_onshift_dashers"]) == [43.0] * 3, "a training join sees them without a features run"
@@ -56,7 +56,7 @@ def test_ingest_flow_pushes_the_new_batch_without_waiting_for_materialization(re
 def test_ingest_does_not_push_before_the_push_source_is_applied(local_settings):
     """The ingest flow's own task: before `eta features` applied the definitions there is nothing to push to
     (the batch is still ingested); once applied, the next batch's market state is pushed and online."""
-    from eta.feature_store import can_push_market_state
+    from eta.features.store import can_push_market_state
     from flows.ingest import ingest
 
     store = feature_store(local_settings)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from eta.retraining import breaches, decide, important_features
+from eta.monitoring.retraining import breaches, decide, important_features
 from eta.settings import RetrainingSettings
 
 CONFIG = RetrainingSettings(mae_decay_margin=0.10, min_labelled_orders=200, min_new_labelled_orders=1000, cooldown_hours=24)
@@ -50,8 +50,8 @@ def test_important_features_are_the_ones_the_trees_split_on_most():
     import lightgbm as lgb
     import numpy as np
 
-    from eta.features import MODEL_FEATURES
-    from eta.training import EtaModel
+    from eta.features.definitions import MODEL_FEATURES
+    from eta.model.training import EtaModel
 
     rng = np.random.default_rng(1)
     inputs = rng.uniform(0, 1, size=(2000, len(MODEL_FEATURES)))
@@ -70,11 +70,11 @@ def _replay_week(settings, week_start: str) -> int:
 
     import pandas as pd
 
-    from eta.api import Order
-    from eta.features import ORDER_REQUEST_FIELDS
-    from eta.ingest import read_history
-    from eta.registry import load_model, production_tag
-    from eta.serving import Predictor, redis_client
+    from eta.features.definitions import ORDER_REQUEST_FIELDS
+    from eta.model.registry import load_model, production_tag
+    from eta.orders.ingest import read_history
+    from eta.serving.api import Order
+    from eta.serving.core import Predictor, redis_client
 
     history = read_history(settings)
     start = pd.Timestamp(week_start, tz="UTC")

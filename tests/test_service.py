@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eta.feature_store import feature_store
-from eta.features import MARKET_STATE_FEATURES, ORDER_REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
-from eta.ingest import read_history
-from eta.registry import load_model, production_tag
-from eta.training import training_set
+from eta.features.definitions import MARKET_STATE_FEATURES, ORDER_REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
+from eta.features.store import feature_store
+from eta.model.registry import load_model, production_tag
+from eta.model.training import training_set
+from eta.orders.ingest import read_history
 
 
 def _request(order: pd.Series) -> dict:
@@ -116,7 +116,7 @@ def test_prometheus_latency_histograms_count_requests_per_endpoint_and_status(se
 
 
 def test_the_request_schema_carries_exactly_the_fields_training_uses():
-    from eta.api import Order
+    from eta.serving.api import Order
 
     assert set(Order.model_fields) == {*ORDER_REQUEST_FIELDS, "created_at", "order_id"}
 

@@ -20,12 +20,12 @@ import pandas as pd
 import pytest
 import redis
 
-from eta.api import Order, QuoteRequest, QuoteStore
-from eta.feature_store import push_market_state
-from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, STORE_HISTORY_FEATURES
-from eta.online_features import MARKET_STATE, STORE_HISTORY, OnlineFeatureReader
-from eta.serving import Predictor, Telemetry, redis_client
-from eta.training import EtaModel
+from eta.features.definitions import MARKET_STATE_FEATURES, MODEL_FEATURES, STORE_HISTORY_FEATURES
+from eta.features.online import MARKET_STATE, STORE_HISTORY, OnlineFeatureReader
+from eta.features.store import push_market_state
+from eta.model.training import EtaModel
+from eta.serving.api import Order, QuoteRequest, QuoteStore
+from eta.serving.core import Predictor, Telemetry, redis_client
 from flows.processes import free_port
 from tests.helpers import start_redis_server
 
@@ -233,7 +233,7 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
     settings, _, orders = redis_store
     port, server = own_redis
     store_id, market = int(orders["store_id"].iloc[0]), int(orders["market_id"].iloc[0])
-    from eta.online_features import entity_key
+    from eta.features.online import entity_key
 
     rows = [entity_key(settings.feast_project, STORE_HISTORY, store_id), entity_key(settings.feast_project, MARKET_STATE, market)]
     _copy_online_rows(settings, port, rows)
@@ -256,7 +256,7 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
         await asyncio.sleep(0.25)  # past redis_retry_after_s
         return healthy, answers, pauses, await predictor.order(_order(store_id, market))
 
-    with caplog.at_level(logging.INFO, logger="eta.serving"):
+    with caplog.at_level(logging.INFO, logger="eta.serving.core"):
         healthy, answers, pauses, recovered = _run(_with_predictor(model, config, work, telemetry=seen,
                                                                   url=config.redis_url))
     assert not healthy.degraded and healthy.store_features_found
@@ -270,29 +270,29 @@ def test_without_redis_answers_come_fast_degraded_from_last_known_values_and_rec
     assert seen.events["degraded:order"] == 20 and seen.events["degraded:quote"] == 20
     assert not recovered.degraded and recovered.store_features_found and recovered.minutes == healthy.minutes
     # 40 degraded answers, two log lines: the way down (with the error) and the way back up.
-    down, up = [r for r in caplog.records if r.name == "eta.serving"]
+    down, up = [r for r in caplog.records if r.name == "eta.serving.core"]
     assert down.levelname == "WARNING" and down.error == "ConnectionError" and "degraded" in down.getMessage()
     assert up.levelname == "INFO" and up.unavailable_s > 0.2
 
 
 def test_eta_logs_are_one_json_object_per_line_with_their_extra_fields(capsys):
-    from eta.telemetry import json_logs
+    from eta.serving.telemetry import json_logs
 
     eta_logger = logging.getLogger("eta")
     before = (eta_logger.handlers[:], eta_logger.level, eta_logger.propagate)
     try:
         json_logs()
-        logging.getLogger("eta.serving").warning("redis unavailable",
+        logging.getLogger("eta.serving.core").warning("redis unavailable",
                                                  extra={"error": "ConnectionError", "retry_after_s": 0.5})
     finally:
         eta_logger.handlers[:], eta_logger.level, eta_logger.propagate = before
     record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
-    assert record["level"] == "WARNING" and record["logger"] == "eta.serving" and record["message"] == "redis unavailable"
+    assert record["level"] == "WARNING" and record["logger"] == "eta.serving.core" and record["message"] == "redis unavailable"
     assert record["error"] == "ConnectionError" and record["retry_after_s"] == 0.5 and "time" in record
 
 
 def test_a_waiter_whose_loader_gives_up_gets_a_timeout_not_a_cancellation():
-    from eta.serving_cache import CoalescingCache, ExpiringDict
+    from eta.serving.cache import CoalescingCache, ExpiringDict
 
     cache: CoalescingCache[str, int] = CoalescingCache(ExpiringDict(100, 60))
 
@@ -352,7 +352,7 @@ def test_one_slow_read_degrades_one_answer_and_three_in_a_row_pause_redis(model,
 def test_the_l1_cache_expires_entries_bounds_its_size_and_is_invisible_to_the_collector():
     import gc
 
-    from eta.serving_cache import ExpiringDict
+    from eta.serving.cache import ExpiringDict
 
     now = [0.0]
     cache: ExpiringDict[str, tuple] = ExpiringDict(3, lambda key: 10 if key.startswith("s") else 1, timer=lambda: now[0])
@@ -366,7 +366,7 @@ def test_the_l1_cache_expires_entries_bounds_its_size_and_is_invisible_to_the_co
 
 
 def test_a_big_l1_stays_within_its_bound_keeping_the_newest_entries():
-    from eta.serving_cache import SHARD_ENTRIES, ExpiringDict
+    from eta.serving.cache import SHARD_ENTRIES, ExpiringDict
 
     cache: ExpiringDict[str, tuple] = ExpiringDict(10 * SHARD_ENTRIES, 60)
     keys = [f"q:{i}" for i in range(30 * SHARD_ENTRIES)]

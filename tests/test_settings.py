@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from eta.feature_store import feast_redis_connection_string, repo_config
+from eta.features.store import feast_redis_connection_string, repo_config
 from eta.settings import CONFIG_FILE, Settings
 
 
@@ -48,7 +48,7 @@ def test_a_production_redis_cluster_with_tls_and_password_is_configured_from_the
     """Config only: no cluster runs here. The secret URL and the cluster type reach Feast and the service."""
     import redis.asyncio as aioredis
 
-    from eta.serving import redis_client
+    from eta.serving.core import redis_client
 
     monkeypatch.setenv("ETA_REDIS_URL", "rediss://:s3cret@memorystore.internal:6378")
     monkeypatch.setenv("ETA_REDIS_TYPE", "redis_cluster")

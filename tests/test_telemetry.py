@@ -1,6 +1,6 @@
 """What the services export besides request latency: event-loop lag, the served model's age, the drift verdict.
 
-In this process (`eta.telemetry.metrics_text`, the same exposition /metrics answers with) and from a real
+In this process (`eta.serving.telemetry.metrics_text`, the same exposition /metrics answers with) and from a real
 `bentoml serve` of the pipeline's Bento.
 """
 
@@ -14,9 +14,9 @@ import bentoml
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from eta.drift_status import drift_status_path, read_drift_status, write_drift_status
-from eta.registry import production_tag
-from eta.telemetry import export_served_model, metrics_text, sample_event_loop_lag
+from eta.model.registry import production_tag
+from eta.monitoring.drift_status import drift_status_path, read_drift_status, write_drift_status
+from eta.serving.telemetry import export_served_model, metrics_text, sample_event_loop_lag
 
 
 def _samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -12,22 +12,21 @@ import json
 import os
 import re
 import sys
-import uuid
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from eta.features import MODEL_FEATURES, model_inputs
-from eta.orders import delivery_minutes
-from eta.registry import promote, save_model
+from eta.features.definitions import MODEL_FEATURES, model_inputs
+from eta.model.registry import promote, save_model
+from eta.model.training import LABEL, EtaModel, split_by_time, train_eta_model
+from eta.orders.schema import delivery_minutes, simulate
 from eta.settings import MonitoringSettings, Settings, SimulationSettings, TrainingSettings
-from eta import simulate
-from eta.training import LABEL, EtaModel, split_by_time, train_eta_model
 from flows.processes import free_port, server_process
-from monitoring.weekly_report import CALENDAR_FEATURES, iso_week, training_reference, weekly_report, whole_weeks
+from monitoring.weekly_report import CALENDAR_FEATURES, training_reference, weekly_report, whole_weeks
 from tests.helpers import fixed_store_history
 from tests.test_browser import rendered_dom, visible_text
 

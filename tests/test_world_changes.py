@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from eta.orders import delivery_minutes
+from eta.orders.schema import delivery_minutes
+from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings, WorldChange
-from eta.simulate import simulate_orders
 
 WORLD = SimulationSettings(markets=2, stores=40, days=10, seed=11)
 DAY = 6

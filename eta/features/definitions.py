@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eta.orders import BASKET_COLUMNS, ESTIMATE_COLUMNS, MARKET_STATE_COLUMNS, delivery_minutes
+from eta.orders.schema import BASKET_COLUMNS, ESTIMATE_COLUMNS, MARKET_STATE_COLUMNS, delivery_minutes
 
 # Trailing windows of delivered orders: a week follows a kitchen's current form, four weeks give
 # stores with few orders a history at all.

@@ -12,8 +12,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from eta.drift_status import read_drift_status
-from eta.serving import Telemetry
+from eta.monitoring.drift_status import read_drift_status
+from eta.serving.core import Telemetry
 
 
 class PrometheusTelemetry(Telemetry):
@@ -80,7 +80,7 @@ class _ServedModel:
     """Values computed when /metrics is read, in the worker that answers it: nothing to keep up to date.
 
     `eta_model_age_seconds`: since the served model was stored (trained). `eta_drift_flagged` and
-    `eta_drift_report_timestamp_seconds`: the latest drift verdict (`eta.drift_status`), absent before
+    `eta_drift_report_timestamp_seconds`: the latest drift verdict (`eta.monitoring.drift_status`), absent before
     the first report.
     """
 

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from eta.features import MODEL_FEATURES
+from eta.features.definitions import MODEL_FEATURES
+from eta.model.training import EtaModel
 from eta.settings import RetrainingSettings
-from eta.training import EtaModel
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from feast import FeatureStore, FileSource, RepoConfig
 from feast.data_source import PushMode
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
-from eta.features import market_state
+from eta.features.definitions import market_state
 from eta.settings import PROJECT_ROOT, Settings
 from eta.storage import write_table
 

@@ -5,7 +5,7 @@ Every answer is built by `model_inputs`, the function training uses. When Redis 
 core answers within the time budget from the last values it knew (or none: LightGBM routes missing
 features as it learned from stores without history), marks the answer degraded, and tries Redis
 again `redis_retry_after_s` later, so it recovers by itself. Every order answer (and a sample of quote
-answers) is recorded in the prediction log (`eta.prediction_log`) before it is returned.
+answers) is recorded in the prediction log (`eta.serving.prediction_log`) before it is returned.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from eta.api import Eta, Order, Quote, QuoteRequest
-from eta.features import MARKET_STATE_FEATURES, REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
-from eta.online_features import MARKET_STATE, STORE_HISTORY, VIEWS, FeatureKey, FeatureVector, OnlineFeatureReader
-from eta.orders import request_order_id
-from eta.prediction_log import PredictionLog, new_prediction_id
-from eta.serving_cache import CoalescingCache, ExpiringDict, SharedCache
+from eta.features.definitions import MARKET_STATE_FEATURES, REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
+from eta.features.online import MARKET_STATE, STORE_HISTORY, VIEWS, FeatureKey, FeatureVector, OnlineFeatureReader
+from eta.model.training import EtaModel
+from eta.orders.schema import request_order_id
+from eta.serving.api import Eta, Order, Quote, QuoteRequest
+from eta.serving.cache import CoalescingCache, ExpiringDict, SharedCache
+from eta.serving.prediction_log import PredictionLog, new_prediction_id
 from eta.settings import ServingSettings, Settings
-from eta.training import EtaModel
 
 # A quote is shown before any basket exists: it prices the model's typical order (training medians).
 QUOTE_DEFAULTED_FIELDS = [f for f in REQUEST_FIELDS if f not in ("created_at", "market_id",
@@ -42,7 +42,7 @@ TIMEOUTS_BEFORE_PAUSE = 3
 
 
 class Telemetry:
-    """What the core reports (nothing, as such); `eta.telemetry.PrometheusTelemetry` exports it."""
+    """What the core reports (nothing, as such); `eta.serving.telemetry.PrometheusTelemetry` exports it."""
 
     def count(self, event: str, n: int = 1) -> None:
         """`event` is "<what>:<detail>": features:hit, quotes_l2:miss, degraded:order, redis_error:<type>."""

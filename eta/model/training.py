@@ -21,10 +21,10 @@ import pandas as pd
 from feast import FeatureStore
 
 from eta.errors import UserError
-from eta.features import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, model_inputs
-from eta.metrics import delivery_metrics, sliced_metrics
-from eta.orders import delivery_minutes
-from eta.point_in_time import historical_features, reads_files
+from eta.features.definitions import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, model_inputs
+from eta.features.point_in_time import historical_features, reads_files
+from eta.model.metrics import delivery_metrics, sliced_metrics
+from eta.orders.schema import delivery_minutes
 from eta.settings import TrainingSettings
 
 LABEL = "delivery_minutes"
@@ -190,7 +190,7 @@ def market_offsets(
 def fit_booster(train: pd.DataFrame, config: TrainingSettings) -> lgb.Booster:
     inputs, label = model_inputs(train), np.log(train[LABEL].to_numpy())
     if config.dask_scheduler:
-        from eta.dask_training import fit_on_dask
+        from eta.model.dask_training import fit_on_dask
 
         return fit_on_dask(inputs, label, lightgbm_params(config), config)
     dataset = lgb.Dataset(inputs, label=label, feature_name=MODEL_FEATURES)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from eta.features import market_state, store_history
-from eta.ingest import held_history
+from eta.features.definitions import market_state, store_history
+from eta.orders.ingest import held_history
 from eta.settings import Settings
 from eta.storage import write_table
 

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from eta.feature_store import redis_connection
+from eta.features.store import redis_connection
 from eta.settings import Settings
 
 

@@ -20,9 +20,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from eta.features import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES
+from eta.features.definitions import MARKET_STATE_FEATURES, STORE_HISTORY_FEATURES
 
-ENTITY_KEY_SERIALIZATION_VERSION = 3  # as in eta.feature_store.repo_config
+ENTITY_KEY_SERIALIZATION_VERSION = 3  # as in eta.features.store.repo_config
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import lightgbm as lgb
 import numpy as np
 from distributed import Client, LocalCluster
 
-from eta.features import MODEL_FEATURES
+from eta.features.definitions import MODEL_FEATURES
 from eta.settings import TrainingSettings
 
 

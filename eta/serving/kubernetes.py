@@ -3,7 +3,7 @@
 Production runs each Bento service as its own Deployment (`start-http-server --service-name ...`, the
 Bento image's per-service entry point), behind a Service, scaled on CPU by a HorizontalPodAutoscaler
 and kept through node drains by a PodDisruptionBudget. Before each meal peak (computed from the orders
-held, `eta.meal_peaks`) a CronJob raises the autoscaler's floor to `peak_replicas`, so the pods are up
+held, `eta.serving.meal_peaks`) a CronJob raises the autoscaler's floor to `peak_replicas`, so the pods are up
 and warm (`/readyz`) when the orders come; when the peak ends another sets it back to `min_replicas`.
 Secrets are referenced by name only: no value from the settings' secret fields is ever rendered.
 """
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from eta.meal_peaks import MINUTES_PER_WEEK, PeakWindow
-from eta.settings import ServiceScaling, Settings
+from eta.serving.meal_peaks import MINUTES_PER_WEEK, PeakWindow
+from eta.settings import PROJECT_ROOT, ServiceScaling, Settings
 
 Manifest = dict[str, Any]
 PEAK_SCALER = "eta-peak-scaler"
@@ -227,7 +226,7 @@ def yaml_stream(docs: list[Manifest]) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
 
 
-DEPLOY_PREFECT = Path(__file__).resolve().parent.parent / "deploy" / "prefect"
+DEPLOY_PREFECT = PROJECT_ROOT / "deploy" / "prefect"
 # prefect-kubernetes 0.8.0's `KubernetesWorker.get_default_base_job_template()` (with Prefect 3.9.1), as it printed it.
 PREFECT_KUBERNETES_DEFAULT = DEPLOY_PREFECT / "prefect-kubernetes-0.8.0-default.json"
 WORK_POOL_TEMPLATE = DEPLOY_PREFECT / "kubernetes-base-job-template.json"  # work_pool_template(eta.yaml's settings)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from eta.features import MODEL_FEATURES, outstanding_per_dasher
-from eta.training import EtaModel
+from eta.features.definitions import MODEL_FEATURES, outstanding_per_dasher
+from eta.model.training import EtaModel
 
 # (feature, step): adding `step` must never shorten the point ETA or either end of the range.
 LONGER_NEVER_SOONER = [

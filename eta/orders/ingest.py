@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from eta.errors import UsageError, UserError
-from eta.orders import ORDER_COLUMNS, OrdersBatch
+from eta.orders.schema import ORDER_COLUMNS, OrdersBatch
 from eta.settings import Settings
 from eta.storage import write_table
 

@@ -12,7 +12,7 @@ import pandas as pd
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from eta.orders import ORDER_COLUMNS
+from eta.orders.schema import ORDER_COLUMNS
 from eta.settings import GcpSettings
 
 ORDERS_SQL = (

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from eta.orders import ORDER_ID_PATTERN
+from eta.orders.schema import ORDER_ID_PATTERN
 from eta.settings import get_settings
 
 _limits = get_settings()

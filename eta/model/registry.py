@@ -13,10 +13,10 @@ from bentoml.exceptions import InvalidArgument, NotFound
 from scipy.stats import binomtest
 
 from eta.errors import UsageError, UserError
-from eta.features import MODEL_FEATURES
+from eta.features.definitions import MODEL_FEATURES
+from eta.model.training import EtaModel
 from eta.settings import PROJECT_ROOT, GateSettings, Settings
 from eta.storage import replace_atomically
-from eta.training import EtaModel
 
 MODEL_FILE = "point.txt"
 

@@ -1,0 +1,1 @@
+"""Monitoring: the drift verdict the services export and the retraining decision."""

@@ -1,0 +1,1 @@
+"""Orders in: the canonical schema and its validation, ingest, BigQuery reads and the simulator."""

@@ -23,7 +23,8 @@ import pytest
 from eta.features.definitions import MODEL_FEATURES, model_inputs
 from eta.model.registry import promote, save_model
 from eta.model.training import LABEL, EtaModel, split_by_time, train_eta_model
-from eta.orders.schema import delivery_minutes, simulate
+from eta.orders import simulate
+from eta.orders.schema import delivery_minutes
 from eta.settings import MonitoringSettings, Settings, SimulationSettings, TrainingSettings
 from flows.processes import free_port, server_process
 from monitoring.weekly_report import CALENDAR_FEATURES, training_reference, weekly_report, whole_weeks

@@ -61,7 +61,7 @@ def test_the_serving_lock_holds_the_full_locks_versions_without_the_flows_depend
 def test_the_bento_packs_the_serving_lock_and_only_the_serving_code(bento, packed_requirements):
     assert pins(packed_requirements) == pins(SERVING_LOCK)
     source = Path(bento.path) / "src"
-    assert (source / "bentos" / "eta_service.py").exists() and (source / "eta" / "serving.py").exists()
+    assert (source / "bentos" / "eta_service.py").exists() and (source / "eta" / "serving" / "core.py").exists()
     assert not [name for name in ("flows", "monitoring", "tests", "benchmarks") if (source / name).exists()]
 
 

@@ -107,3 +107,16 @@ def _store_id(row) -> int:
 
 def _intervals(store, view: str) -> list:
     return store.get_feature_view(view).materialization_intervals
+
+
+def test_staleness_reads_the_feature_hashes_beside_the_prediction_log(redis_store):
+    """The service logs into a stream named after the project (`eta:predictions:<project>`) in the same Redis:
+    the features flow's staleness report must pass it by, not fail on it (WRONGTYPE) after the first answer."""
+    from eta.features.staleness import online_staleness
+    from eta.serving.prediction_log import FIELD, stream_key
+
+    settings, _, orders = redis_store
+    redis.Redis.from_url(settings.redis_url).xadd(stream_key(settings.feast_project), {FIELD: b"{}"})
+    report = {row["feature_view"]: row for row in online_staleness(settings, ["store_history", "market_state"])}
+    assert report["store_history"]["entities"] == orders["store_id"].nunique()
+    assert report["market_state"]["entities"] == orders["market_id"].nunique()

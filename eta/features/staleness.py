@@ -19,7 +19,8 @@ def online_staleness(settings: Settings, views: list[str], now: datetime | None 
     now = now or datetime.now(timezone.utc)
     client = redis_connection(settings)
     project = settings.feast_project.encode()
-    keys = [key for key in client.scan_iter(count=1000) if key.endswith(project)]
+    # Hashes only: the prediction log's stream `eta:predictions:<project>` ends with the project's name too.
+    keys = [key for key in client.scan_iter(count=1000, _type="HASH") if key.endswith(project)]
     fields = [f"_ts:{view}".encode() for view in views]
     pipe = client.pipeline(transaction=False)
     for key in keys:

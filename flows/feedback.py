@@ -54,7 +54,7 @@ def decide_retraining(settings: Settings, report: dict[str, object], now: dateti
     return decide(found, new_labelled, last, now, settings.retraining)
 
 
-@flow(name="feedback-loop", log_prints=True)
+@flow(name="feedback-loop", log_prints=True, timeout_seconds=3600)
 def feedback_loop(namespace: str | None = None, week: str | None = None) -> dict[str, object]:
     """Land, report the ISO week holding `week` (default: last week), decide, and maybe run the retrain deployment."""
     settings = settings_with(namespace)

@@ -274,7 +274,7 @@ def join(settings: Settings, landed_days: list[str]) -> dict[str, int]:
     return counts
 
 
-@flow(name="land-predictions", log_prints=True)
+@flow(name="land-predictions", log_prints=True, timeout_seconds=1800)
 def land_predictions(namespace: str | None = None) -> dict[str, object]:
     settings = settings_with(namespace)
     landed = land(settings)

@@ -72,7 +72,7 @@ def _markdown(report: dict[str, object]) -> str:
             f"Dashboard: `evidently ui --workspace {report['workspace']}`, project `{report['project']}`")
 
 
-@flow(name="weekly-report", log_prints=True)
+@flow(name="weekly-report", log_prints=True, timeout_seconds=1800)
 def weekly_report_flow(namespace: str | None = None, week: str | None = None) -> dict[str, object]:
     """Report the ISO week holding `week` (YYYY-MM-DD, UTC); default: last week."""
     settings = settings_with(namespace)

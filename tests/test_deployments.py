@@ -4,11 +4,13 @@ The work pool is created and `prefect deploy --all` registers the deployments as
 worker runs each flow in a subprocess of its own, in a namespace of this module's (own Feast project,
 data folder and model name, passed to the worker's environment), so nothing the session's other tests
 hold is touched. The deployments are paused after registration: a schedule coming due mid-test would
-run in this namespace and, one run at a time, cancel a run a test started.
+run in this namespace and, one run at a time, cancel a run a test started. Of the feedback loop's deployments the
+landing runs through the worker (the report and the decision are tested in test_weekly_report and test_retraining).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -18,16 +20,32 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
+import redis
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 
+from eta.features.definitions import ORDER_REQUEST_FIELDS
 from eta.features.store import feature_store
-from eta.model.registry import list_models, model_metadata, production_tag
+from eta.model.registry import list_models, load_model, model_metadata, production_tag
+from eta.orders.ingest import read_history
+from eta.orders.schema import delivery_minutes
+from eta.serving.api import Order
+from eta.serving.core import Predictor, redis_client
+from eta.serving.prediction_log import stream_key
 from eta.settings import PROJECT_ROOT, Settings
+from flows.land_predictions import joined_path, predictions_path
 from flows.processes import free_port, server_process
 
 NAMESPACE = f"eta_deploy_{uuid.uuid4().hex[:8]}"
@@ -41,6 +59,7 @@ RUN_TIMEOUT_S = 900  # a hang guard, not a speed check
 def namespace_settings(settings: Settings):
     own = settings.in_namespace(NAMESPACE)
     yield own
+    redis.Redis.from_url(own.redis_url).delete(stream_key(own.feast_project))
     if (own.project_path / "registry.db").exists():
         feature_store(own, "redis").teardown()
 
@@ -102,8 +121,9 @@ def _run(name: str, **options) -> FlowRun:
 
 def test_prefect_yaml_declares_every_job_and_the_server_holds_it(deployments):
     scheduled = {"ingest-every-5-minutes": "*/5 * * * *", "features-every-15-minutes": "*/15 * * * *",
-                 "retrain-daily": "30 3 * * *", "drift-weekly": "0 6 * * 1"}
-    assert set(deployments) == set(DECLARED) == set(scheduled) | {"retrain", "features-backfill"}
+                 "retrain-daily": "30 3 * * *", "drift-weekly": "0 6 * * 1",
+                 "land-every-15-minutes": "*/15 * * * *", "feedback-weekly": "0 3 * * 1"}
+    assert set(deployments) == set(DECLARED) == set(scheduled) | {"retrain", "features-backfill", "report-week"}
     for name, deployment in deployments.items():
         declared = DECLARED[name]
         assert [s.schedule.cron for s in deployment.schedules] == ([scheduled[name]] if name in scheduled else [])
@@ -113,6 +133,13 @@ def test_prefect_yaml_declares_every_job_and_the_server_holds_it(deployments):
         strategy = deployment.concurrency_options.collision_strategy.value
         assert strategy == ("CANCEL_NEW" if name in scheduled else "ENQUEUE"), name
         assert int(deployment.job_variables["env"]["PREFECT_FLOW_DEFAULT_RETRIES"]) >= 1, name
+
+
+def test_the_retrain_deployment_the_feedback_loop_runs_is_registered_and_takes_its_parameters(deployments, settings):
+    with get_client(sync_client=True) as client:  # by the name run_deployment is given
+        retrain = client.read_deployment_by_name(settings.retraining.deployment)
+    assert retrain.entrypoint == "flows/train.py:train_model" and not retrain.schedules
+    assert {"namespace", "reason"} <= set(retrain.parameter_openapi_schema["properties"])  # what flows.feedback passes
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +214,40 @@ def test_a_failing_run_ends_failed_with_its_retries_spent_and_production_unchang
     assert history.count("AwaitingRetry") == retries, history
     assert production_tag(namespace_settings) == production
     assert list_models(namespace_settings) == models
+
+
+async def _answer(orders: pd.DataFrame, settings: Settings) -> list:
+    """The production model's answers to `orders`, as EtaOrder gives them (each recorded in the prediction log)."""
+    tag = production_tag(settings)
+    client = redis_client(settings.redis_url)
+    predictor = Predictor(load_model(tag), tag, settings, client)
+    try:
+        return [await predictor.order(Order(**{f: row[f] for f in ORDER_REQUEST_FIELDS},
+                                            created_at=row["created_at"].to_pydatetime()))
+                for row in orders.to_dict("records")]
+    finally:
+        await predictor.drain()
+        await client.aclose()
+
+
+def test_land_predictions_deployment_lands_the_logged_answers_joined_with_their_orders(retrained, namespace_settings):
+    orders = read_history(namespace_settings).tail(40).reset_index(drop=True)
+    answers = asyncio.run(_answer(orders, namespace_settings))
+    key = stream_key(namespace_settings.feast_project)
+    assert redis.Redis.from_url(namespace_settings.redis_url).xlen(key) == len(orders)
+
+    run = _run("land-predictions/land-every-15-minutes")
+    assert run.state.is_completed(), run.state.message
+    landed = pd.read_parquet(predictions_path(namespace_settings))
+    assert sorted(landed["prediction_id"]) == sorted(answer.prediction_id for answer in answers)
+    joined = pd.read_parquet(joined_path(namespace_settings)).set_index("prediction_id")
+    actual = dict(zip(orders["order_id"], delivery_minutes(orders)))
+    for answer in answers:
+        assert joined.loc[answer.prediction_id, "order_id"] == answer.order_id
+        assert joined.loc[answer.prediction_id, "actual_minutes"] == pytest.approx(actual[answer.order_id])
+    assert redis.Redis.from_url(namespace_settings.redis_url).xlen(key) == 0, "landed entries are trimmed"
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[run.id])))
+    assert [a.key for a in artifacts] == ["prediction-landing"]
+    assert f"| landed | {len(orders)} |" in artifacts[0].data and "| unjoined | 0 |" in artifacts[0].data

@@ -7,9 +7,15 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
+
+import psutil
 
 from eta.settings import Settings
 from flows.processes import free_port, server_process
+
+
+WORKER_MODULE = "_bentoml_impl.worker.service"  # what BentoML 1.4 runs a service's worker as
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -58,3 +64,27 @@ def bento_server(target: str, settings: Settings, log_path: Path, env: dict[str,
     with server_process(command, f"{url}/readyz", {**os.environ, **settings_env(settings), **home, **(env or {})},
                         log_path):
         yield url
+
+
+def bento_workers(url: str, service: str) -> list[psutil.Process]:
+    """The worker processes of `service` (`EtaOrder`, `EtaQuote`) under the `bentoml serve` answering at `url`.
+
+    BentoML 1.4's supervisor (a circus arbiter: the `bentoml serve` process) opens the listening socket and
+    starts each worker as `python -m _bentoml_impl.worker.service <bento> ... --service-name <name>`, handing
+    it the socket; when a worker dies it starts another. The socket is shared, and psutil names one of its
+    holders: the supervisor, or a worker whose parent is the supervisor.
+    """
+    port = urlparse(url).port
+    [holder] = {psutil.Process(c.pid) for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+    supervisor = holder.parent() if WORKER_MODULE in holder.cmdline() else holder
+    workers = []
+    for child in supervisor.children(recursive=True):
+        try:
+            command = child.cmdline()
+        except psutil.NoSuchProcess:  # a worker just killed (a zombie until the supervisor reaps it)
+            continue
+        named = command[command.index("--service-name") + 1] if "--service-name" in command[:-1] else None
+        if WORKER_MODULE in command and named == service:
+            workers.append(child)
+    return workers

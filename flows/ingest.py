@@ -2,14 +2,19 @@
 
 The batch comes from a CSV/Parquet file in DoorDash's layout or, without a file, from BigQuery on the
 `gcp` profile (incrementally) or the simulator.
-Rejected rows go to quarantine with their reasons; a rerun of the same batch adds nothing.
+Rejected rows go to quarantine with their reasons; a rerun of the same batch adds nothing. `delivered_before`
+keeps the orders delivered before a moment: what the source holds then (a simulated clock: `make demo` ingests
+the simulation but its last day, sends that day's orders to the service, then ingests them with their actuals).
 Run: `python -m flows.ingest` or `eta ingest [--orders FILE]`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+
+import pandas as pd
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -35,13 +40,18 @@ def bigquery_batch(settings: Settings) -> OrdersBatch:
 
 
 @task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
-def ingest(orders_file: str | None, settings: Settings) -> dict[str, object]:
+def ingest(orders_file: str | None, settings: Settings, delivered_before: str | None = None) -> dict[str, object]:
     if orders_file:
         batch = load_orders_file(Path(orders_file), settings.validation)
     elif settings.profile == "gcp":
         batch = bigquery_batch(settings)
     else:
         batch = validate_orders(simulate_orders(settings.simulation), settings.validation)
+    if delivered_before is not None:
+        cut = pd.Timestamp(delivered_before)
+        cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut
+        delivered = batch.accepted["actual_delivery_time"] < cut
+        batch = replace(batch, accepted=batch.accepted[delivered].reset_index(drop=True))
     report = ingest_batch(batch, settings)
     store = feature_store(settings)
     if len(batch.accepted) and can_push_market_state(store):
@@ -58,12 +68,14 @@ def ingest_orders(
     stores: int | None = None,
     markets: int | None = None,
     seed: int | None = None,
+    delivered_before: str | None = None,
 ) -> dict[str, object]:
+    """`delivered_before` (UTC date or time): only the orders delivered before it."""
     settings = settings_with(
         namespace_for(orders_file, namespace),
         simulation__days=days, simulation__stores=stores, simulation__markets=markets, simulation__seed=seed
     )
-    report = ingest(orders_file, settings)
+    report = ingest(orders_file, settings, delivered_before)
     reasons = report.pop("reasons")
     get_run_logger().info("ingested %s: %s; rejected by reason: %s", orders_file or "simulated orders", report, reasons)
     create_table_artifact(

@@ -26,7 +26,9 @@ def eta_pipeline(
     days: int | None = None,
     train_until: str | None = None,
     build: bool = True,
+    delivered_before: str | None = None,
 ) -> dict[str, Any]:
+    """The whole loop; `delivered_before` ingests only the orders delivered before it (`flows.ingest`)."""
     logger = get_run_logger()
     namespace = namespace_for(orders_file, namespace)
     stages: dict[str, Any] = {}
@@ -39,7 +41,8 @@ def eta_pipeline(
         logger.info("stage %-8s done in %6.2f s", name, timings[name])
         return stages[name]
 
-    stage("ingest", lambda: ingest_orders(orders_file=orders_file, namespace=namespace, days=days))
+    stage("ingest", lambda: ingest_orders(orders_file=orders_file, namespace=namespace, days=days,
+                                          delivered_before=delivered_before))
     stage("features", lambda: build_features(namespace=namespace))
     trained = stage("train", lambda: train_model(namespace=namespace, train_until=train_until))
     if trained["production"] is None:

@@ -12,6 +12,7 @@ from eta.orders.ingest import BatchRejected, ingest_batch, read_history
 from eta.orders.schema import ORDER_COLUMNS, delivery_minutes, load_orders_file, validate_orders
 from eta.orders.simulate import simulate_orders
 from eta.settings import SimulationSettings
+from flows.ingest import ingest
 from tests.helpers import shared_orders
 
 SMALL = SimulationSettings(markets=2, stores=20, days=7, orders_per_store_day=10, seed=3)
@@ -95,6 +96,20 @@ def test_ingesting_the_same_batch_twice_changes_nothing(local_settings):
     again = ingest_batch(batch, local_settings)
     assert first["new_orders"] == len(batch.accepted) and again["new_orders"] == 0
     pd.testing.assert_frame_equal(read_history(local_settings), held)
+
+
+def test_ingesting_on_a_clock_takes_the_orders_delivered_before_it_then_the_rest(local_settings):
+    simulated = validate_orders(simulate_orders(local_settings.simulation), local_settings.validation).accepted
+    cut = simulated["created_at"].min().normalize() + pd.Timedelta(days=2)
+    delivered = simulated["actual_delivery_time"] < cut
+    assert 0 < delivered.sum() < len(simulated)
+    first = ingest.fn(None, local_settings, cut.isoformat())
+    held = read_history(local_settings)
+    assert first["new_orders"] == len(held) == delivered.sum()
+    assert set(held["order_id"]) == set(simulated.loc[delivered, "order_id"])
+    rest = ingest.fn(None, local_settings)  # the clock moved on: the rest, delivered later
+    assert rest["new_orders"] == len(simulated) - delivered.sum()
+    assert len(read_history(local_settings)) == len(simulated)
 
 
 def test_a_mostly_bad_batch_fails_and_the_history_is_untouched(local_settings):

@@ -1,9 +1,8 @@
 """The weekly report: drift of the features as served, prediction drift and quality, per ISO week, in a real
 Evidently workspace, its dashboard served by `evidently ui` and the weekly HTML, both rendered in headless Chromium.
 
-The world: four simulated weeks (two markets, store history fixed as in the other model tests, courier supply
-steady: see `steady_market_state`); a small model trained on weeks 1-2 (its reference); the prediction log of
-weeks 3-4 built as serving would log it.
+The world: four simulated weeks (two markets, store history fixed as in the other model tests); a small model
+trained on weeks 1-2 (its reference); the prediction log of weeks 3-4 built as serving would log it.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ import pytest
 from eta.features.definitions import MODEL_FEATURES, model_inputs
 from eta.model.registry import promote, save_model
 from eta.model.training import LABEL, EtaModel, split_by_time, train_eta_model
-from eta.orders import simulate
 from eta.orders.schema import delivery_minutes
+from eta.orders.simulate import simulate_orders
 from eta.settings import MonitoringSettings, Settings, SimulationSettings, TrainingSettings
 from flows.processes import free_port, server_process
 from monitoring.weekly_report import CALENDAR_FEATURES, training_reference, weekly_report, whole_weeks
@@ -38,27 +37,10 @@ DRIVE = "estimated_store_to_consumer_driving_duration"
 CHROMIUM = "/usr/bin/chromium"
 
 
-def steady_market_state(rng: np.random.Generator, markets: int, minutes: int, start_dow: int) -> dict[str, np.ndarray]:
-    """The simulator's market state with courier supply missing demand by noise that does not wander.
-
-    The simulator's own miss is a random walk (sd 0.01 a minute, clipped at +-50%): from one week to the next a
-    market's couriers move by up to half, and the report rightly flags on-shift and busy couriers, their ratios
-    and the predictions (Wasserstein 0.1-0.9 on seeds 3, 5, 7, 11). An unchanged world needs a steady one.
-    """
-    minute_of_week = (np.arange(minutes) + start_dow * 1440) % (7 * 1440)
-    load = simulate.meal_intensity(minute_of_week)[None, :] * rng.uniform(15, 60, size=(markets, 1))
-    onshift = np.maximum(1, np.round(load * (0.9 + rng.normal(0, 0.1, size=(markets, minutes)))))
-    outstanding = np.maximum(0, np.round(load * 1.1 * rng.lognormal(0, 0.2, size=(markets, minutes))))
-    busy = np.minimum(onshift, np.round(outstanding * 0.85))
-    return {"total_onshift_dashers": onshift, "total_busy_dashers": busy, "total_outstanding_orders": outstanding}
-
-
 @pytest.fixture(scope="module")
 def world() -> pd.DataFrame:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(simulate, "_market_state", steady_market_state)
-        orders = simulate.simulate_orders(SimulationSettings(markets=2, stores=60, days=28, orders_per_store_day=12,
-                                                             seed=11, start=START.date()))
+    orders = simulate_orders(SimulationSettings(markets=2, stores=60, days=28, orders_per_store_day=12, seed=11,
+                                                start=START.date()))
     return fixed_store_history(orders.assign(**{LABEL: delivery_minutes(orders)}))
 
 

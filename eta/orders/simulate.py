@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 from eta.settings import SimulationSettings, WorldChange
 
 CATEGORIES = ["american", "pizza", "mexican", "burger", "sandwich", "chinese", "japanese", "indian", "thai", "cafe"]
 PLACE_SECONDS_BY_PROTOCOL = np.array([251.0, 251.0, 446.0, 251.0, 446.0, 251.0, 446.0])
+SUPPLY_MISS_SD = 0.05  # couriers on shift miss the forecast of demand by about 5% of it, either way
+SUPPLY_MISS_HOURS = 0.5  # and a miss fades within the hour (a late shift change, a rush nobody planned for)
 
 
 def meal_intensity(minute_of_week: np.ndarray) -> np.ndarray:
@@ -24,13 +27,26 @@ def meal_intensity(minute_of_week: np.ndarray) -> np.ndarray:
     return peaks * np.where(day >= 4, 1.25, 1.0)
 
 
+def supply_miss(rng: np.random.Generator, markets: int, minutes: int) -> np.ndarray:
+    """How far each market's couriers miss the forecast of demand, minute by minute: smooth misses pulled back
+    toward none (an Ornstein-Uhlenbeck process), so an unchanged world looks the same week after week.
+
+    A miss fades with a time constant of SUPPLY_MISS_HOURS and spreads SUPPLY_MISS_SD around zero; the first
+    minute starts from that spread, as if the market had run for ever. (A random walk instead wanders off: a
+    market's couriers moved by up to half from one week to the next, and the weekly report rightly flagged it.)
+    """
+    pull = 1 / (SUPPLY_MISS_HOURS * 60)
+    shocks = rng.normal(0, SUPPLY_MISS_SD * np.sqrt(pull * (2 - pull)), size=(markets, minutes))
+    shocks[:, 0] = rng.normal(0, SUPPLY_MISS_SD, size=markets)
+    return lfilter([1.0], [1.0, pull - 1], shocks, axis=1)
+
+
 def _market_state(rng: np.random.Generator, markets: int, minutes: int, start_dow: int) -> dict[str, np.ndarray]:
     """Per market and minute: on-shift couriers, busy couriers and outstanding orders."""
     minute_of_week = (np.arange(minutes) + start_dow * 1440) % (7 * 1440)
     load = meal_intensity(minute_of_week)[None, :] * rng.uniform(15, 60, size=(markets, 1))
-    # Courier supply follows a forecast of demand but with slow, smooth misses (a random walk per market).
-    supply_miss = np.cumsum(rng.normal(0, 0.01, size=(markets, minutes)), axis=1).clip(-0.5, 0.5)
-    onshift = np.maximum(1, np.round(load * (0.9 + supply_miss)))
+    # Courier supply follows a forecast of demand (its daily and weekly shape) and misses it for a while.
+    onshift = np.maximum(1, np.round(load * (0.9 + supply_miss(rng, markets, minutes))))
     outstanding = np.maximum(0, np.round(load * 1.1 * rng.lognormal(0, 0.2, size=(markets, minutes))))
     busy = np.minimum(onshift, np.round(outstanding * 0.85))
     return {"total_onshift_dashers": onshift, "total_busy_dashers": busy, "total_outstanding_orders": outstanding}

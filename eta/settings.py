@@ -69,6 +69,9 @@ class SimulationSettings(BaseModel):
 
 
 class TrainingSettings(BaseModel):
+    # Train on the newest `window_days` of orders held (None: all of them): a model learns the world as it is now,
+    # and the first weeks of a history, whose 28-day store features are still filling up, drop out.
+    window_days: float | None = Field(None, gt=0)
     holdout_days: float = Field(2, gt=0)
     calibration_days: float = Field(2, gt=0)
     interval: float = Field(0.8, gt=0, lt=1)

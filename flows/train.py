@@ -28,8 +28,14 @@ METRIC_COLUMNS = ["mae_min", "rmse_min", "p90_abs_err_min", "within_5_min", "wit
 
 @task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
 def build_training_set(settings: Settings) -> str:
-    """Writes the point-in-time training set beside the orders and returns its path (frames stay out of Prefect)."""
-    frame = training_set(feature_store(settings), held_history(settings), settings.feature_service)
+    """Writes the point-in-time training set beside the orders and returns its path (frames stay out of Prefect).
+
+    With `training.window_days`, of the newest that many days of orders held only."""
+    orders = held_history(settings)
+    if settings.training.window_days is not None:
+        newest = orders["created_at"].max()
+        orders = orders[orders["created_at"] > newest - pd.Timedelta(days=settings.training.window_days)]
+    frame = training_set(feature_store(settings), orders, settings.feature_service)
     path = settings.project_path / "training_set.parquet"
     write_table(frame, path)
     return str(path)

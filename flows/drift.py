@@ -1,8 +1,10 @@
 """Check drift: Evidently report between the production model's training window and the latest orders.
 
-Writes HTML (open it in a browser) and JSON under the data folder's `reports/`, and the verdict to
-`reports/drift_status.json` (the services export it as `eta_drift_flagged`); returns whether the data
-drifted. Run: `python -m flows.drift` or `eta drift`.
+Writes HTML (open it in a browser) and JSON under the data folder's `reports/` and returns whether the data
+drifted: the pipeline's last stage, a look at the orders as ingested. It is not the verdict on-call is alerted on
+(`eta_drift_flagged`): a few recent days against the whole training window differ in their calendar even when
+nothing changed; the weekly report (`flows.monitor`) judges a week against whole weeks and keeps that verdict.
+Run: `python -m flows.drift` or `eta drift`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from eta.model.registry import model_metadata, require_production_tag
-from eta.monitoring.drift_status import drift_status_path, write_drift_status
 from eta.orders.ingest import read_history
 from eta.settings import Settings
 from flows.common import retry_unless_user_error, settings_with
@@ -24,9 +25,7 @@ def run_drift_report(settings: Settings) -> dict[str, object]:
     tag = require_production_tag(settings, "drift is measured against its training window")
     train_end = pd.Timestamp(model_metadata(tag)["window"]["train_end"])
     reference, current = split_for_drift(read_history(settings), train_end, settings.drift.recent_days)
-    summary = {**drift_report(reference, current, settings.reports_path), "model": tag}
-    write_drift_status(drift_status_path(settings), summary)
-    return summary
+    return {**drift_report(reference, current, settings.reports_path), "model": tag}
 
 
 @flow(name="check-drift", log_prints=True, timeout_seconds=1800)

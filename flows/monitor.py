@@ -3,7 +3,9 @@
 Reads the landed, joined prediction log (`monitoring.predictions_path` in the namespace's folder) and the
 training set of the production model's window; writes the week's Evidently snapshot into the workspace
 `<data dir>/evidently` (project: the namespace; reporting a week again replaces its snapshot), the HTML
-`<namespace folder>/reports/weekly-<week>.html`, and a `weekly-report` artifact with the headline numbers.
+`<namespace folder>/reports/weekly-<week>.html`, a `weekly-report` artifact with the headline numbers, and the
+week's drift verdict in `reports/drift_status.json`, which the services export as `eta_drift_flagged` (the newest
+week's: reporting an older week again leaves it). A week without a logged answer is `NoLoggedAnswers`.
 Run: `eta report [--namespace NS] [--week YYYY-MM-DD]`, then `evidently ui --workspace .eta/evidently`.
 """
 
@@ -17,9 +19,20 @@ from prefect.artifacts import create_markdown_artifact
 
 from eta.errors import UserError
 from eta.model.registry import load_model, model_metadata, require_production_tag
+from eta.monitoring.drift_status import drift_status_path, read_drift_status, write_drift_status
 from eta.settings import Settings
 from flows.common import retry_unless_user_error, settings_with
-from monitoring.weekly_report import IsoWeek, iso_week, training_reference, weekly_report
+from monitoring.weekly_report import PREDICTION, IsoWeek, iso_week, training_reference, week_orders, weekly_report
+
+
+class NoLoggedAnswers(UserError):
+    """The week holds no landed `/eta/order` answer: a person asked for the wrong week or has not landed the log;
+    for the scheduled feedback loop, a week with nothing to judge (a fresh stack, no traffic)."""
+
+
+def report_day(week: str | None) -> str:
+    """The day (YYYY-MM-DD, UTC) whose ISO week is reported: `week`, by default a day of last week."""
+    return week or (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=7)).date().isoformat()
 
 
 def read_predictions(settings: Settings, week: IsoWeek) -> pd.DataFrame:
@@ -28,9 +41,21 @@ def read_predictions(settings: Settings, week: IsoWeek) -> pd.DataFrame:
     days = [(week.start + pd.Timedelta(days=d)).strftime("%Y-%m-%d") for d in range(7)]
     files = [f for day in days for f in sorted((path / f"day={day}").glob("*.parquet"))] if path.is_dir() else [path]
     if not files or not files[0].exists():
-        raise UserError(f"no landed prediction log for week {week.label} at {path}: land the log first (`eta land`), "
-                        "or point monitoring.predictions_path at the Parquet file or folder that holds it")
+        raise NoLoggedAnswers(
+            f"no landed prediction log for week {week.label} at {path}: land the log first (`eta land`), "
+            "or point monitoring.predictions_path at the Parquet file or folder that holds it")
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def week_answers(settings: Settings, week: IsoWeek) -> pd.DataFrame:
+    """The week's landed `/eta/order` answers; `NoLoggedAnswers` when there is none to judge."""
+    rows = week_orders(read_predictions(settings, week), week)
+    if rows.empty:
+        raise NoLoggedAnswers(
+            f"no logged order answers in week {week.label} ({week.start:%Y-%m-%d} .. {week.end:%Y-%m-%d}) in "
+            f"{settings.project_path / settings.monitoring.predictions_path}: expected a week the services answered "
+            "orders in, landed (`eta land`)")
+    return rows
 
 
 def read_reference(settings: Settings, tag: str) -> pd.DataFrame:
@@ -48,11 +73,24 @@ def read_reference(settings: Settings, tag: str) -> pd.DataFrame:
 @task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless_user_error)
 def build_weekly_report(settings: Settings, week: str) -> dict[str, object]:
     tag = require_production_tag(settings, "the week is compared with its training reference")
-    try:
-        predictions = read_predictions(settings, iso_week(week))
-        return weekly_report(predictions, read_reference(settings, tag), week, settings, tag)
-    except ValueError as error:  # no logged orders in that week
-        raise UserError(str(error)) from error
+    answers = week_answers(settings, iso_week(week))
+    return weekly_report(answers, read_reference(settings, tag), week, settings, tag)
+
+
+def record_drift_verdict(settings: Settings, report: dict[str, object]) -> bool:
+    """Keep the week's drift verdict for the services to export, unless a newer week's is kept; whether it was.
+
+    Drifted: any feature as served, or the predictions (`minutes` among the drifted columns). Like with like
+    (the week against whole reference weeks), so an unchanged world is not flagged for its calendar."""
+    path = drift_status_path(settings)
+    kept = read_drift_status(path)
+    # A verdict without a week (written by check-drift before) is replaced.
+    if kept is not None and (kept.get("week") or "") > str(report["week"]):
+        return False
+    drifted = list(report["drifted_features"]) + ([PREDICTION] if report["prediction_drift"] else [])
+    write_drift_status(path, {"drift_detected": bool(drifted), "drifted_columns": drifted, "model": report["model"],
+                              "html": report["html"], "week": report["week"]})
+    return True
 
 
 def _markdown(report: dict[str, object]) -> str:
@@ -76,11 +114,16 @@ def _markdown(report: dict[str, object]) -> str:
 def weekly_report_flow(namespace: str | None = None, week: str | None = None) -> dict[str, object]:
     """Report the ISO week holding `week` (YYYY-MM-DD, UTC); default: last week."""
     settings = settings_with(namespace)
-    day = week or (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=7)).date().isoformat()
+    day = report_day(week)
     report = build_weekly_report(settings, day)
-    get_run_logger().info("week %s: MAE %.2f min, coverage %.3f, drifted features: %s; snapshot %s",
-                          report["week"], report["mae_min"], report["interval_coverage_80"],
-                          report["drifted_features"] or "none", report["snapshot"])
+    exported = record_drift_verdict(settings, report)
+    logger = get_run_logger()
+    logger.info("week %s: MAE %.2f min, coverage %.3f, drifted features: %s; snapshot %s",
+                report["week"], report["mae_min"], report["interval_coverage_80"],
+                report["drifted_features"] or "none", report["snapshot"])
+    if not exported:
+        logger.info("drift verdict of %s not exported: a newer week's stays in %s", report["week"],
+                    drift_status_path(settings))
     create_markdown_artifact(key="weekly-report", markdown=_markdown(report),
                              description=f"Weekly report {iso_week(day).label}")
     return report

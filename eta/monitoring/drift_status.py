@@ -1,7 +1,8 @@
 """The latest drift verdict, in one small file beside the reports: what the services export as `eta_drift_flagged`.
 
-Evidently's own JSON is large and named per run; on-call needs one bit, when it was decided and against
-which model. The drift flow replaces this file whole after every report; a service reads it when scraped.
+Evidently's own JSON is large and named per run; on-call needs one bit, when it was decided, for which week and
+against which model. The weekly report (`flows.monitor`, run by the feedback loop every Monday) replaces this
+file whole; a service reads it when scraped.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ def drift_status_path(settings: Settings) -> Path:
 
 
 def write_drift_status(path: Path, summary: dict[str, object]) -> None:
-    """Keep the verdict of a finished drift report (`monitoring.drift.drift_report`'s summary plus its model)."""
+    """Keep the verdict of a finished weekly report: drift_detected, drifted_columns, model, html, week."""
     status = {"drift_detected": bool(summary["drift_detected"]), "drifted_columns": summary["drifted_columns"],
-              "model": summary["model"], "html": summary["html"], "decided_at": time.time()}
+              "model": summary["model"], "html": summary["html"], "week": summary["week"], "decided_at": time.time()}
     replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(status)))
 
 

@@ -135,3 +135,36 @@ def test_the_feedback_loop_triggers_the_retrain_deployment_with_its_reason_and_t
     decisions = [a for a in artifacts if a.key == "retrain-decision"]
     assert len(decisions) >= 2, "every decision, triggered or not, is recorded"
     get_settings.cache_clear()
+
+
+def test_a_week_without_logged_answers_completes_with_nothing_to_judge_and_eta_report_says_why(
+        settings, pipeline_result, prefect_server):
+    """A fresh stack's Monday: the feedback loop completes, records that there was nothing to judge and triggers
+    nothing; a person asking `eta report` for that week gets the one-line error."""
+    import json
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowFilter,
+                                                FlowFilterName)
+
+    from flows.feedback import feedback_loop
+    from monitoring.weekly_report import iso_week
+    from tests.test_cli_errors import error_line, eta
+
+    quiet = "2026-09-21"  # the week before the simulated orders begin: no answer logged in it
+    label = iso_week(quiet).label
+    result = feedback_loop(week=quiet)
+    assert result["report"] is None and result["retrain_run"] is None
+    assert not result["decision"]["trigger"] and result["decision"]["reason"].startswith("nothing to judge")
+    with get_client(sync_client=True) as client:
+        flows = FlowFilter(name=FlowFilterName(any_=["feedback-loop", "weekly-report"]))
+        runs = client.read_flow_runs(flow_filter=flows)
+        (run,) = [r for r in runs if r.parameters.get("week") == quiet]  # the loop's own: no weekly report was run
+        assert run.state.is_completed()
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["retrain-decision"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    (row,) = json.loads(artifact.data)
+    assert row["week"] == label and row["triggered"] is False and row["held back"].startswith("nothing to judge")
+
+    line = error_line(eta("report", "--week", quiet, api_url=prefect_server), exit_code=1)
+    assert label in line and ("no landed" in line or "no logged" in line), line

@@ -121,7 +121,7 @@ def _run(name: str, **options) -> FlowRun:
 
 def test_prefect_yaml_declares_every_job_and_the_server_holds_it(deployments):
     scheduled = {"ingest-every-5-minutes": "*/5 * * * *", "features-every-15-minutes": "*/15 * * * *",
-                 "retrain-daily": "30 3 * * *", "drift-weekly": "0 6 * * 1",
+                 "retrain-daily": "30 3 * * *",
                  "land-every-15-minutes": "*/15 * * * *", "feedback-weekly": "0 3 * * 1"}
     assert set(deployments) == set(DECLARED) == set(scheduled) | {"retrain", "features-backfill", "report-week"}
     for name, deployment in deployments.items():

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lock clean bench-accuracy bench-training bench-serving bench-faults bench-features manifests up down
+.PHONY: venv demo test lock clean bench-accuracy bench-training bench-serving bench-faults bench-features bench-monitoring manifests up down
 
 # The virtualenv is rebuilt whenever the lock file changes.
 $(BIN)/.synced: requirements.lock pyproject.toml
@@ -89,3 +89,8 @@ bench-faults: venv
 ## Feature pipeline at 1M simulated orders; writes benchmarks/results/features.json.
 bench-features: venv
 	$(BIN)/python -m benchmarks.features
+
+## The feedback loop: the weekly report over 200,000 landed predictions, and the DoorDash sample replayed through the
+## HTTP service on a simulated clock (MAE as served vs point in time); writes benchmarks/results/monitoring.json.
+bench-monitoring: venv
+	$(BIN)/python -m benchmarks.monitoring

@@ -172,11 +172,13 @@ def view_skew(both: pd.DataFrame, view: str, features: list[str], key: str, tabl
     The service logs each vector's age when it served it, so `logged_at - age` is when the vector was made (on
     the simulated clock); the point-in-time join takes the newest row at or before the order's creation within
     the view's TTL. Where they differ: served past the TTL (the join finds nothing that recent; the online store
-    keeps the last value however old), served missing (nothing online yet), or served older (made before a
-    newer row that was not online yet: the refresh had not run).
+    keeps the last value however old), served missing (nothing online yet), served older (made before a newer
+    row that was not online yet: the refresh had not run), or made at the same moment.
     """
     degraded = both["degraded"].to_numpy(dtype=bool)
-    served_made = pd.to_datetime(both["logged_at"], utc=True) - pd.to_timedelta(both[f"{view}_age_s"], unit="s")
+    # To the second, as the orders' times are: the logged age is rounded to the millisecond.
+    served_made = (pd.to_datetime(both["logged_at"], utc=True)
+                   - pd.to_timedelta(both[f"{view}_age_s"], unit="s")).dt.round("s")
     rows = both[[key, "created_at"]].astype({key: "int64", "created_at": "datetime64[ns, UTC]"})
     held = table[[key, "event_timestamp"]].astype({key: "int64", "event_timestamp": "datetime64[ns, UTC]"})
     newest = pd.merge_asof(rows.reset_index().sort_values("created_at"), held.sort_values("event_timestamp"),
@@ -201,7 +203,9 @@ def view_skew(both: pd.DataFrame, view: str, features: list[str], key: str, tabl
         "served_older": {"orders": int(older.sum()),
                          "newer_row_before_order_min": minutes(both["created_at"] - pit_made, older),
                          "served_row_older_by_min": minutes(pit_made - served_made, older)},
-        "other": int((differs & ~past_ttl & ~missing & ~older).sum()),
+        # Made at the same moment yet different: two orders of a market in the same second; Feast keeps the
+        # first push (an equal event time does not overwrite), the join the last row.
+        "same_event_time": int((differs & ~past_ttl & ~missing & ~older).sum()),
         "mean_abs_difference_where_both_present": {
             name: round(float((both[name] - both[f"{name}_pit"]).abs()[differs & served & pit].mean()), 3)
             for name in features} if (differs & served & pit).any() else None,

@@ -22,6 +22,7 @@ from eta.model.registry import load_model, model_metadata, require_production_ta
 from eta.monitoring.drift_status import drift_status_path, read_drift_status, write_drift_status
 from eta.settings import Settings
 from flows.common import retry_unless_user_error, settings_with
+from flows.train import reference_path
 from monitoring.weekly_report import PREDICTION, IsoWeek, iso_week, training_reference, week_orders, weekly_report
 
 
@@ -59,7 +60,11 @@ def week_answers(settings: Settings, week: IsoWeek) -> pd.DataFrame:
 
 
 def read_reference(settings: Settings, tag: str) -> pd.DataFrame:
-    """The production model's training rows (train and calibration windows: the refit saw both)."""
+    """The production model's training rows (train and calibration windows: the refit saw both), as the train flow
+    kept them when it promoted the model; for a model promoted otherwise, its window's rows of the training set."""
+    kept = reference_path(settings, tag)
+    if kept.exists():
+        return training_reference(pd.read_parquet(kept), load_model(tag))
     window = model_metadata(tag)["window"]
     path = settings.project_path / "training_set.parquet"
     if not path.exists():
@@ -67,6 +72,10 @@ def read_reference(settings: Settings, tag: str) -> pd.DataFrame:
     frame = pd.read_parquet(path)
     created = frame["created_at"]
     rows = frame[(created >= pd.Timestamp(window["train_start"])) & (created <= pd.Timestamp(window["calibration_end"]))]
+    if rows.empty:
+        raise UserError(f"the training set at {path} holds none of {tag}'s training window ({window['train_start']} .. "
+                        f"{window['calibration_end']}): a later training run replaced it; expected the rows the train "
+                        f"flow keeps for a model it promotes at {kept} (train again: `eta train`)")
     return training_reference(rows.reset_index(drop=True), load_model(tag))
 
 

@@ -8,6 +8,8 @@ Run: `python -m flows.train` or `eta train [--orders FILE --train-until DATE]`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -41,6 +43,12 @@ def build_training_set(settings: Settings) -> str:
     return str(path)
 
 
+def reference_path(settings: Settings, tag: str) -> Path:
+    """A promoted model's training rows (its train and calibration windows): the weekly report's reference for as long
+    as it serves, kept apart because the next training run rewrites the training set, promoted or not."""
+    return settings.project_path / "references" / f"{tag.replace(':', '-')}.parquet"
+
+
 @task
 def train_and_gate(training_set_path: str, settings: Settings, train_until: str | None) -> dict[str, object]:
     """Train the challenger, score it and the champion on one held-out window, run the gate, store the model."""
@@ -69,6 +77,8 @@ def train_and_gate(training_set_path: str, settings: Settings, train_until: str 
         settings,
         labels={"gate": "passed" if decision.promote else "refused"},
     )
+    if decision.promote:
+        write_table(pd.concat([split.train, split.calibration], ignore_index=True), reference_path(settings, tag))
     return {"model": tag, "metrics": challenger, "baselines": reference, "champion": champion_tag,
             "champion_metrics": champion, "gate": decision.as_dict()}
 

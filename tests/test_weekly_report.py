@@ -269,3 +269,25 @@ def test_the_weekly_flow_reads_the_landed_log_and_publishes_the_headline(local_s
         (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["weekly-report"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     assert f"| MAE, min | {report['mae_min']:.2f} |" in artifact.data and report["snapshot"] in artifact.data
+
+
+def test_the_reference_is_the_production_models_own_rows_after_a_later_training_run_replaced_the_training_set(
+        local_settings, model, reference_rows, world):
+    """A retrain the gate refused rewrites the training set: the week is still judged against the rows the serving
+    model learned from, which the train flow keeps when it promotes a model."""
+    from eta.errors import UserError
+    from eta.storage import write_table
+    from flows.monitor import read_reference
+    from flows.train import reference_path
+
+    split = split_by_time(reference_rows, TRAINING)
+    tag = save_model(model, {"window": split.window, "metrics": {"mae_min": 1.0}}, local_settings, {"gate": "passed"})
+    promote(tag, local_settings)
+    later = world[world["created_at"] >= START + pd.Timedelta(days=14)]  # a refused retrain's window
+    later.to_parquet(local_settings.project_path / "training_set.parquet")
+    with pytest.raises(UserError, match="holds none of"):
+        read_reference(local_settings, tag)
+    learned = pd.concat([split.train, split.calibration], ignore_index=True)
+    write_table(learned, reference_path(local_settings, tag))
+    reference = read_reference(local_settings, tag)
+    assert len(reference) == len(learned) and reference["created_at"].max() == learned["created_at"].max()

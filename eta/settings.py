@@ -52,7 +52,9 @@ class RetrainingSettings(BaseModel):
 
     important_features: int = Field(8, ge=1)  # drift counts only in the model's top features by gain
     mae_decay_margin: float = Field(0.10, ge=0)  # MAE over the champion's held-out MAE by more than this share
-    min_labelled_orders: int = Field(200, ge=1)  # quality is judged only on a week with this many actuals
+    min_labelled_orders: int = Field(200, ge=1)  # quality is judged only on a week (or market) with this many actuals
+    # The ETA is a median: about half the orders arrive after it. Over this share, overall or in a market, is a breach.
+    max_under_prediction_rate: float = Field(0.65, gt=0.5, le=1)
     min_new_labelled_orders: int = Field(1000, ge=0)  # and retraining needs this many orders since the model's data
     cooldown_hours: float = Field(24, ge=0)  # no second retrain within this long of the last one
     deployment: str = "train-model/retrain"  # the Prefect deployment a breach runs

@@ -15,7 +15,12 @@ NOW = datetime(2026, 11, 2, 6, tzinfo=timezone.utc)
 
 
 def _week(**change) -> dict:
-    return {"drifted_features": [], "labelled_orders": 5000, "mae_min": 5.0, "interval_coverage_80": 0.80} | change
+    return {"drifted_features": [], "labelled_orders": 5000, "mae_min": 5.0, "interval_coverage_80": 0.80,
+            "under_prediction_rate": 0.5, "by_market": {"1": _market(), "2": _market()}} | change
+
+
+def _market(**change) -> dict:
+    return {"labelled_orders": 2500, "under_prediction_rate": 0.5} | change
 
 
 @pytest.mark.parametrize("week,expected", [
@@ -27,8 +32,15 @@ def _week(**change) -> dict:
     (_week(interval_coverage_80=0.70), ["range coverage 0.700 outside"]),
     (_week(mae_min=9.0, interval_coverage_80=0.5, labelled_orders=150), []),  # too few actuals to judge quality
     (_week(mae_min=9.0, drifted_features=["total_items"]), ["drift of important features", "MAE decayed"]),
+    (_week(under_prediction_rate=0.7), ["orders arriving after the ETA above 65%: overall 0.700"]),
+    # One market of two running late: the overall numbers hide it (rain there: drives longer than estimated).
+    (_week(under_prediction_rate=0.6, by_market={"1": _market(), "2": _market(under_prediction_rate=0.8)}),
+     ["orders arriving after the ETA above 65%: market 2 0.800"]),
+    (_week(by_market={"1": _market(), "2": _market(under_prediction_rate=0.9, labelled_orders=150)}), []),  # too few
+    (_week(under_prediction_rate=0.3), []),  # orders arriving early: the MAE and the range judge that
 ])
-def test_a_breach_is_drift_of_an_important_feature_decay_past_the_margin_or_coverage_out_of_band(week, expected):
+def test_a_breach_is_drift_of_an_important_feature_decay_past_the_margin_coverage_out_of_band_or_orders_running_late(
+        week, expected):
     important = ["estimated_store_to_consumer_driving_duration", "total_items", "hour_of_day"]
     found = breaches(week, champion_mae=5.0, important=important, config=CONFIG, band=BAND)
     assert len(found) == len(expected) and all(text.startswith(start) for text, start in zip(found, expected)), found

@@ -82,7 +82,8 @@ bench-training: venv
 bench-serving: venv
 	$(BIN)/python -m benchmarks.serving
 
-## Redis killed under 500 req/s: 5xx, slowest answer, degraded share, recovery; writes benchmarks/results/faults.json.
+## Redis killed, then the EtaOrder worker killed, under 500 req/s: 5xx, slowest answer, degraded share, recovery,
+## unanswered requests, answered predictions missing from the landed log; writes benchmarks/results/faults.json.
 bench-faults: venv
 	$(BIN)/python -m benchmarks.faults
 

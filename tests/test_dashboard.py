@@ -19,6 +19,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from eta.model.registry import production_tag
+from eta.monitoring.drift_status import drift_status_path, read_drift_status, write_drift_status
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 # Made by Prometheus itself for every target it scrapes, not by the services.
 PROMETHEUS_OWN = {"up"}
@@ -84,8 +87,13 @@ def _exported(service_url: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(service_url: str, pipeline_result: dict) -> set[str]:
-    """Series names in /metrics once one order and one quote were answered and the event counters flushed."""
+def exported(service_url: str, pipeline_result: dict, settings) -> set[str]:
+    """Series names in /metrics once one order and one quote were answered, the event counters flushed, and a
+    weekly report's drift verdict is kept (the services export it only once there is one)."""
+    verdict = drift_status_path(settings)
+    kept = read_drift_status(verdict)
+    write_drift_status(verdict, {"drift_detected": False, "drifted_columns": [], "model": production_tag(settings),
+                                 "html": "weekly.html", "week": "2026-W01"})
     order = {"store_id": 1, "market_id": 1, "order_protocol": 1, "total_items": 3, "subtotal": 3000,
              "num_distinct_items": 2, "min_item_price": 500, "max_item_price": 1200,
              "estimated_order_place_duration": 251, "estimated_store_to_consumer_driving_duration": 600}
@@ -96,7 +104,11 @@ def exported(service_url: str, pipeline_result: dict) -> set[str]:
     while "eta_events_total" not in (names := _exported(service_url)):
         assert time.monotonic() < deadline, f"event counters never flushed: {sorted(names)}"
         time.sleep(0.2)
-    return names
+    yield names
+    if kept is None:
+        verdict.unlink()
+    else:
+        write_drift_status(verdict, kept)
 
 
 @pytest.mark.parametrize("panel", list(_dashboard_queries()))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import bentoml
 
+from bentos import bentoml_request_path
 from eta.features.store import feature_store
 from eta.model.registry import load_model_from, production_tag
 from eta.monitoring.drift_status import drift_status_path
@@ -39,11 +40,12 @@ from eta.settings import get_settings
 
 settings = get_settings()
 json_logs()
+bentoml_request_path.install()
 MODEL_TAG = os.environ.get("ETA_MODEL_TAG") or production_tag(settings) or f"{settings.model_name}:latest"
-# A 1 s BentoML request timeout, not the 60 s default: its middleware leaves a `call_later` handle per
-# request that holds the request's context (OpenTelemetry span, futures) until the timeout fires - at
-# 500 req/s and 60 s, ~900k objects that every gen-2 collection walks (0.2-0.5 s stalls). Requests are
-# bounded inside anyway: feature reads by `serving.feature_timeout_ms`, Redis sockets by their timeouts.
+# A 1 s BentoML request timeout, not the 60 s default: an answer later than that is no use to the app, and
+# requests are bounded inside anyway (feature reads by `serving.feature_timeout_ms`, Redis sockets by their
+# timeouts). BentoML's timeout middleware kept a timer per request alive for the whole timeout (at 60 s and
+# 500 req/s, ~900k objects every gen-2 collection walked); `bentoml_request_path` now cancels it once answered.
 TRAFFIC = {"timeout": 1, "max_concurrency": 512}
 # An access-log line per request costs more than a cached quote; errors are still logged.
 LOGGING = {"access": {"enabled": False}}

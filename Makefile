@@ -95,3 +95,10 @@ bench-features: venv
 ## HTTP service on a simulated clock (MAE as served vs point in time); writes benchmarks/results/monitoring.json.
 bench-monitoring: venv
 	$(BIN)/python -m benchmarks.monitoring
+
+## The feedback loop proved on simulated worlds: 10 unchanged weeks (false retrains) and four world changes (rain,
+## courier shortage, menu change, new stores) through the real service, flows and Prefect;
+## writes benchmarks/results/scenarios.json.
+.PHONY: scenarios
+scenarios: venv
+	$(BIN)/python -m benchmarks.scenarios

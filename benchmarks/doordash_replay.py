@@ -41,18 +41,17 @@ from eta.features.store import feature_store, push_market_state
 from eta.model.registry import load_model, promote
 from eta.model.training import LABEL, training_set
 from eta.orders.schema import ORDER_COLUMNS, order_ids, read_orders_file, validate_orders
+from eta.serving.api import order_request
 from eta.settings import PROJECT_ROOT, Settings, get_settings
 from flows.evaluate import evaluate_model
 from flows.features import build_features
 from flows.ingest import ingest_orders
 from flows.land_predictions import joined_path, land_predictions
-from flows.service_process import bento_server
+from flows.service_process import BENTO_SOURCE, bento_server
 from flows.train import train_model
 
 ORDERS = PROJECT_ROOT.parent / "shared" / "data" / "doordash_orders_sample.csv"
 REPLAY_FROM = pd.Timestamp("2015-02-11", tz="UTC")
-SERVICE = "bentos.eta_service:EtaOrder"
-INTEGER_FIELDS = {"store_id", "market_id", "order_protocol", "total_items", "num_distinct_items"}
 # Wall-clock TTLs of the service's L1 caches, scaled to the simulated clock (see the module's docstring).
 REPLAY_SERVICE_ENV = {"ETA_SERVING__STORE_FEATURES_TTL_S": "0.001", "ETA_SERVING__MARKET_FEATURES_TTL_S": "0.001"}
 
@@ -79,17 +78,6 @@ def train_before(namespace: str) -> dict[str, object]:
     return train_model(namespace=namespace, train_until=REPLAY_FROM.date().isoformat())
 
 
-def request_body(order: pd.Series) -> bytes:
-    """The app's `/eta/order` request: the order's fields at checkout and its creation time; a missing value
-    goes as null (the service answers 422 naming it)."""
-    body: dict[str, object] = {}
-    for name in ORDER_REQUEST_FIELDS:
-        value = order[name]
-        body[name] = None if pd.isna(value) else int(value) if name in INTEGER_FIELDS else float(value)
-    body["created_at"] = order["created_at"].isoformat()
-    return json.dumps(body).encode()
-
-
 def _batch_file(raw: pd.DataFrame, rows: pd.Index, folder: Path, name: str) -> str:
     path = folder / f"{name}.csv"
     raw.loc[rows].to_csv(path, index=False)
@@ -112,8 +100,8 @@ def replay(settings: Settings, raw: pd.DataFrame, typed: pd.DataFrame, refresh_m
     refreshes = 0
     clock = REPLAY_FROM
     log = settings.data_path / "logs" / "bench-monitoring-replay.log"
-    with bento_server(SERVICE, settings, log, env=REPLAY_SERVICE_ENV) as url, httpx.Client(base_url=url,
-                                                                                          timeout=10) as client:
+    with bento_server(BENTO_SOURCE, settings, log, env=REPLAY_SERVICE_ENV) as url, httpx.Client(base_url=url,
+                                                                                               timeout=10) as client:
         while clock < until or len(pending):
             due = served[(served["created_at"] >= clock) & (served["created_at"] < clock + step)]
             for index, order in due.iterrows():
@@ -122,7 +110,7 @@ def replay(settings: Settings, raw: pd.DataFrame, typed: pd.DataFrame, refresh_m
                     push_market_state(store, due.loc[[index], ["market_id", "created_at", *MARKET_STATE_FEATURES]]
                                       .astype({"market_id": "int64"}))
                 pushed = time.perf_counter()
-                response = client.post("/eta/order", content=request_body(order),
+                response = client.post("/eta/order", content=json.dumps(order_request(order)).encode(),
                                        headers={"content-type": "application/json"})
                 timings["push_s"] += pushed - began
                 timings["request_s"] += time.perf_counter() - pushed

@@ -41,13 +41,12 @@ import orjson  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.loadgen import DEGRADED, constant_rate  # noqa: E402
-from benchmarks.serving import SERVICE  # noqa: E402
 from benchmarks.serving_setup import order_bodies, prepare  # noqa: E402
 from eta.serving.prediction_log import spool_dir  # noqa: E402
 from eta.settings import PROJECT_ROOT, Settings  # noqa: E402
 from flows.land_predictions import joined_path, land_predictions, predictions_path  # noqa: E402
 from flows.prefect_api import prefect_api  # noqa: E402
-from flows.service_process import bento_server, bento_workers  # noqa: E402
+from flows.service_process import BENTO_SOURCE, bento_server, bento_workers  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
 RATE = 500
@@ -176,13 +175,13 @@ def main() -> None:
             clear_prediction_log(settings)
             bodies = order_bodies(settings)
             log = settings.data_path / "logs" / "bench-faults.log"
-            with bento_server(SERVICE, settings, log) as url:
+            with bento_server(BENTO_SOURCE, settings, log) as url:
                 constant_rate("warm-up", f"{url}/eta/order", bodies, 100, 2)
                 result, answers = redis_kill_run(url, bodies, redis, seconds)
             # The Prefect server starts after the Redis run: its latencies are measured as before, without it.
             with prefect_api(settings.data_path / "prefect"):
                 result.update(log_lost(settings, answered_ids(answers)))
-                with bento_server(SERVICE, settings, log) as url:
+                with bento_server(BENTO_SOURCE, settings, log) as url:
                     constant_rate("warm-up", f"{url}/eta/order", bodies, 100, 2)
                     worker_kill, answers = worker_kill_run(url, bodies, seconds)
                 result["worker_kill"] = {**worker_kill, **log_lost(settings, answered_ids(answers))}

@@ -46,10 +46,9 @@ from eta.features.store import feature_store_yaml
 from eta.serving.prediction_log import spool_dir, stream_key
 from eta.settings import Settings
 from flows.processes import free_port, server_process
-from flows.service_process import bento_server, settings_env
+from flows.service_process import BENTO_SOURCE, bento_server, settings_env
 
 RESULTS = Path(os.environ.get("ETA_BENCH_OUT") or Path(__file__).resolve().parent / "results" / "serving.json")
-SERVICE = "bentos.eta_service:EtaOrder"
 ORDER_RATE, QUOTE_RATE, FEAST_RATE, QUOTE_STORES, SATURATION_CLIENTS = 500, 100, 300, 50, 4
 QUOTE_FILL_RATE = 150
 # Reported with their spread over the rounds; the other fields are medians only.
@@ -88,10 +87,10 @@ def feast_server(settings: Settings, log: Path):
 def order_servers(settings: Settings, logs: Path) -> dict[str, Callable[[], contextlib.AbstractContextManager[str]]]:
     """The four servers of the order path, by target."""
     return {
-        "eta_order": lambda: bento_server(SERVICE, settings, logs / "bench-order.log"),
-        "eta_order_unlogged": lambda: bento_server(SERVICE, settings, logs / "bench-order-unlogged.log",
+        "eta_order": lambda: bento_server(BENTO_SOURCE, settings, logs / "bench-order.log"),
+        "eta_order_unlogged": lambda: bento_server(BENTO_SOURCE, settings, logs / "bench-order-unlogged.log",
                                                    env={"ETA_PREDICTION_LOG__ENABLED": "false"}),
-        "eta_order_alone": lambda: bento_server(SERVICE, settings, logs / "bench-order-alone.log", service="EtaOrder"),
+        "eta_order_alone": lambda: bento_server(BENTO_SOURCE, settings, logs / "bench-order-alone.log", service="EtaOrder"),
         "fastapi_reference": lambda: fastapi_reference(settings, logs / "bench-fastapi.log"),
     }
 
@@ -197,7 +196,7 @@ def quote_and_feast_runs(settings: Settings, seconds: float) -> list[Run]:
     warm = quote_bodies(settings, 20, QUOTE_STORES, cold=False, seed=1)
     feast = feast_bodies(settings)
     runs: list[Run] = []
-    with bento_server(SERVICE, settings, logs / "bench-quote.log", service="EtaQuote") as url:
+    with bento_server(BENTO_SOURCE, settings, logs / "bench-quote.log", service="EtaQuote") as url:
         constant_rate("fill-l1", f"{url}/eta/quote", fill, QUOTE_FILL_RATE, filling / QUOTE_FILL_RATE)
         runs.append(constant_rate("eta_quote_cold", f"{url}/eta/quote", cold, QUOTE_RATE, seconds / 2))
         show(runs[-1])

@@ -21,12 +21,12 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from eta.features.definitions import ORDER_REQUEST_FIELDS
 from eta.features.store import feature_store, online_store_kind, push_market_state
 from eta.model.registry import model_metadata, production_tag
 from eta.orders.ingest import read_history
 from eta.orders.schema import validate_orders
 from eta.orders.simulate import simulate_orders
+from eta.serving.api import order_request
 from eta.settings import Settings, get_settings
 from flows.features import build_features
 from flows.ingest import ingest_orders
@@ -98,8 +98,7 @@ def serve_and_ask(result: dict, settings: Settings, day: pd.Timestamp) -> None:
     orders = simulated[(simulated["created_at"] >= day) & (simulated["created_at"] < day + pd.Timedelta(days=1))]
     orders = orders[~orders["order_id"].isin(logged_order_ids(settings, f"{day:%Y-%m-%d}"))].reset_index(drop=True)
     features = feature_store(settings)
-    bodies = [{**body, "created_at": body["created_at"].isoformat()}
-              for body in orders[[*ORDER_REQUEST_FIELDS, "created_at"]].to_dict("records")]
+    bodies = [order_request(order) for order in orders.to_dict("records")]
     took_ms, degraded = [], 0
     log = settings.data_path / "logs" / "bento.log"
     with bento_server(result["build"], settings, log, env=DEMO_SERVICE_ENV) as url, httpx.Client(timeout=10) as client:

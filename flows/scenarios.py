@@ -43,11 +43,12 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 
-from eta.features.definitions import MARKET_STATE_FEATURES, MODEL_FEATURES, ORDER_REQUEST_FIELDS, model_inputs
+from eta.features.definitions import MARKET_STATE_FEATURES, MODEL_FEATURES, model_inputs
 from eta.features.store import feature_store
 from eta.model.registry import list_models, load_model, model_metadata, production_tag
 from eta.model.training import LABEL
 from eta.orders.simulate import simulate_orders
+from eta.serving.api import order_request
 from eta.serving.prediction_log import stream_key
 from eta.settings import Settings, SimulationSettings
 from flows.common import settings_with
@@ -56,14 +57,12 @@ from flows.feedback import feedback_loop
 from flows.ingest import ingest_orders
 from flows.land_predictions import joined_path, land_predictions
 from flows.processes import free_port, server_process
-from flows.service_process import bento_server
+from flows.service_process import BENTO_SOURCE, bento_server
 from flows.train import train_model
 
-SERVICE = "bentos.eta_service:EtaOrder"
 # Wall-clock caches and budgets scaled to the simulated clock (see the module's docstring).
 SERVICE_ENV = {"ETA_SERVING__STORE_FEATURES_TTL_S": "0.001", "ETA_SERVING__MARKET_FEATURES_TTL_S": "0.001",
                "ETA_SERVING__FEATURE_TIMEOUT_MS": "1000", "ETA_PREDICTION_LOG__BUDGET_MS": "1000"}
-INTEGER_FIELDS = {"store_id", "market_id", "order_protocol", "total_items", "num_distinct_items"}
 DAY = pd.Timedelta(days=1)
 RETRAIN_TIMEOUT_S = 1800  # a hang guard: a retrain on a busy machine takes well under a minute
 
@@ -152,16 +151,10 @@ class MarketStateWriter:
         self.provider.online_write_batch(self.config, self.view, [(key, values, moment.to_pydatetime(), None)], None)
 
 
-def request_body(order: dict[str, object]) -> dict[str, object]:
-    """The app's `/eta/order` request for a placed order: its fields, order time and id."""
-    body = {name: int(order[name]) if name in INTEGER_FIELDS else float(order[name]) for name in ORDER_REQUEST_FIELDS}
-    return {**body, "created_at": order["created_at"].isoformat(), "order_id": order["order_id"]}
-
-
 @contextlib.contextmanager
 def serving(world: World, log_folder: Path) -> Iterator[str]:
     """EtaOrder served from source on the namespace's production model (the one production points at now)."""
-    with bento_server(SERVICE, world.settings, log_folder / f"bento-{world.namespace}.log", env=SERVICE_ENV) as url:
+    with bento_server(BENTO_SOURCE, world.settings, log_folder / f"bento-{world.namespace}.log", env=SERVICE_ENV) as url:
         yield url
 
 
@@ -173,7 +166,7 @@ def serve_day(world: World, url: str, writer: MarketStateWriter, day: pd.Timesta
     with httpx.Client(base_url=url, timeout=30) as client:
         for i, order in enumerate(orders.to_dict("records")):
             writer.write(order["market_id"], order["created_at"], tuple(states[i]))
-            answer = client.post("/eta/order", json=request_body(order)).raise_for_status().json()
+            answer = client.post("/eta/order", json=order_request(order, order["order_id"])).raise_for_status().json()
             world.answers.append({key: answer[key] for key in ("order_id", "prediction_id", "minutes", "degraded",
                                                                "model_version")})
 

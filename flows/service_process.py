@@ -14,8 +14,8 @@ import psutil
 from eta.settings import Settings
 from flows.processes import free_port, server_process
 
-
 WORKER_MODULE = "_bentoml_impl.worker.service"  # what BentoML 1.4 runs a service's worker as
+BENTO_SOURCE = "bentos.eta_service:EtaOrder"  # bentofile.yaml's `service`: the Bento served from source
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -46,7 +46,7 @@ def own_bentoml_home(folder: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def bento_server(target: str, settings: Settings, log_path: Path, env: dict[str, str] | None = None,
                  service: str | None = None) -> Iterator[str]:
-    """Serve `target` (a Bento tag or `bentos.eta_service:EtaOrder`) on a free port; yield its base URL.
+    """Serve `target` (a Bento tag or `BENTO_SOURCE`) on a free port; yield its base URL.
 
     With `service`, only that service of the Bento runs, as a deployment runs each service on its own
     (BentoML's own per-service entry point). The service reads the same data folder and Feast project

@@ -229,8 +229,9 @@ def _serving_target(settings: Settings) -> str:
     """The Bento built around the production model, as production serves it; else the service source."""
     from eta.model.registry import require_production_tag
     from flows.build import bento_serving
+    from flows.service_process import BENTO_SOURCE
 
-    return bento_serving(require_production_tag(settings, "the services serve it")) or "bentos.eta_service:EtaOrder"
+    return bento_serving(require_production_tag(settings, "the services serve it")) or BENTO_SOURCE
 
 
 def _start_services(launch: Launch, env: dict[str, str]) -> None:

@@ -6,11 +6,14 @@ inside int32 so they always fit Feast's int64 entity keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
+import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from eta.features.definitions import ORDER_REQUEST_FIELDS
 from eta.orders.schema import ORDER_ID_PATTERN
 from eta.settings import get_settings
 
@@ -63,6 +66,18 @@ class Order(_Strict):
     max_item_price: float = Field(ge=0, le=MAX_CENTS, description="Cents")
     estimated_order_place_duration: float = Field(ge=0, le=MAX_SECONDS, description="Seconds")
     estimated_store_to_consumer_driving_duration: float = Field(ge=0, le=MAX_SECONDS, description="Seconds")
+
+
+def order_request(order: Mapping[str, Any], order_id: str | None = None) -> dict[str, object]:
+    """The app's `/eta/order` body for an order row: each checkout field typed as `Order` declares it (a missing
+    value as null, which the service refuses naming the field), the order's time, and `order_id` when given."""
+    body: dict[str, object] = {
+        name: None if pd.isna(order[name]) else int(order[name]) if Order.model_fields[name].annotation is int
+        else float(order[name]) for name in ORDER_REQUEST_FIELDS}
+    body["created_at"] = order["created_at"].isoformat()
+    if order_id is not None:
+        body["order_id"] = order_id
+    return body
 
 
 class Eta(BaseModel):

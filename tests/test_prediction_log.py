@@ -34,7 +34,15 @@ from eta.orders.schema import delivery_minutes, load_orders_file, validate_order
 from eta.orders.simulate import simulate_orders
 from eta.serving.api import Order, QuoteRequest, QuoteStore
 from eta.serving.core import Predictor, redis_client
-from eta.serving.prediction_log import FIELD, decode, spool_dir, stream_key
+from eta.serving.prediction_log import (
+    FIELD,
+    REPLAY_BATCH,
+    TIMEOUTS_BEFORE_PAUSE,
+    PredictionLog,
+    decode,
+    spool_dir,
+    stream_key,
+)
 from eta.settings import SimulationSettings, get_settings
 from flows.processes import free_port
 from tests.helpers import start_redis_server
@@ -199,6 +207,64 @@ def test_without_redis_records_are_spooled_and_replayed_when_it_is_back_nothing_
     assert all(answer.degraded for answer in answers[3:8]), "Redis was gone for these answers"
     assert {decode(line)["prediction_id"] for line in spooled} == {a.prediction_id for a in answers[3:8]}
     assert set(_records(config)) >= {a.prediction_id for a in answers}, "every answered prediction is in the stream"
+    assert _spool_files(config) == [], "a replayed spool is deleted"
+
+
+def test_one_slow_xadd_spools_one_record_and_only_timeouts_in_a_row_pause_the_log(redis_store, durable_redis):
+    """A stall of one round trip costs its record a spool line, not `retry_after_s` of records; Redis stalled
+    for good (timeouts in a row) is left alone, and the spool comes back in several small batches."""
+    settings, _, _ = redis_store
+    port, server = durable_redis
+    url = f"redis://127.0.0.1:{port}/0"
+    config = settings.model_copy(update={
+        "redis_url": url,
+        # A budget a healthy Redis keeps on a loaded machine; a pause far longer than spooling the records takes.
+        "prediction_log": settings.prediction_log.model_copy(update={"budget_ms": 900, "retry_after_s": 3.0})})
+    counts: dict[str, int] = {}
+    paused = 2 * REPLAY_BATCH + 7  # records written while the log leaves Redis alone: three batches to replay
+
+    def count(event: str, n: int) -> None:
+        counts[event] = counts.get(event, 0) + n
+
+    def record(i: int) -> dict:
+        return {"prediction_id": f"p{i:04d}", "kind": "order"}
+
+    async def work() -> dict[str, dict[str, int]]:
+        client = redis_client(url)
+        log = PredictionLog(client, config, count)
+        seen = {}
+        try:
+            await log.write(record(0))
+            server["process"].send_signal(signal.SIGSTOP)
+            await log.write(record(1))  # times out: spooled
+            server["process"].send_signal(signal.SIGCONT)
+            await log.write(record(2))  # straight to Redis: one timeout did not pause the log
+            await log.drain()
+            seen["one_timeout"] = dict(counts)
+            server["process"].send_signal(signal.SIGSTOP)
+            for i in range(3, 3 + TIMEOUTS_BEFORE_PAUSE):
+                await log.write(record(i))
+            seen["timeouts_in_a_row"] = dict(counts)
+            for i in range(3 + TIMEOUTS_BEFORE_PAUSE, 3 + TIMEOUTS_BEFORE_PAUSE + paused):
+                await log.write(record(i))  # paused: spooled without asking Redis
+            seen["paused"] = dict(counts)
+            server["process"].send_signal(signal.SIGCONT)
+            await asyncio.sleep(3.2)  # past retry_after_s
+            await log.write(record(9999))
+            await log.drain()
+            seen["replayed"] = dict(counts)
+            return seen
+        finally:
+            await client.aclose()
+
+    seen = asyncio.run(work())
+    assert seen["one_timeout"] == {"prediction_log_error:TimeoutError": 1, "prediction_log:spooled": 1,
+                                   "prediction_log:replayed": 1}
+    assert seen["timeouts_in_a_row"]["prediction_log_error:TimeoutError"] == 1 + TIMEOUTS_BEFORE_PAUSE
+    assert seen["paused"]["prediction_log_error:TimeoutError"] == 1 + TIMEOUTS_BEFORE_PAUSE, "Redis left alone"
+    assert seen["paused"]["prediction_log:spooled"] == 1 + TIMEOUTS_BEFORE_PAUSE + paused
+    assert seen["replayed"]["prediction_log:replayed"] == 1 + TIMEOUTS_BEFORE_PAUSE + paused
+    assert set(_records(config)) >= {f"p{i:04d}" for i in range(3 + TIMEOUTS_BEFORE_PAUSE + paused)} | {"p9999"}
     assert _spool_files(config) == [], "a replayed spool is deleted"
 
 

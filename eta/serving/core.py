@@ -30,7 +30,7 @@ from eta.model.training import EtaModel
 from eta.orders.schema import request_order_id
 from eta.serving.api import Eta, Order, Quote, QuoteRequest
 from eta.serving.cache import CoalescingCache, ExpiringDict, SharedCache
-from eta.serving.prediction_log import PredictionLog, new_prediction_id
+from eta.serving.prediction_log import TIMEOUTS_BEFORE_PAUSE, PredictionLog, new_prediction_id
 from eta.settings import ServingSettings, Settings
 
 # A quote is shown before any basket exists: it prices the model's typical order (training medians).
@@ -38,7 +38,6 @@ QUOTE_DEFAULTED_FIELDS = [f for f in REQUEST_FIELDS if f not in ("created_at", "
                                                                  "estimated_store_to_consumer_driving_duration")]
 DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
 logger = logging.getLogger(__name__)
-TIMEOUTS_BEFORE_PAUSE = 3
 
 
 class Telemetry:

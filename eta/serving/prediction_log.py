@@ -3,9 +3,10 @@
 A record is one JSON object (orjson), added with one XADD to the Redis Stream `eta:predictions:<project>`
 (capped approximately at `prediction_log.stream_max_len`, a safety net should landing stop for days). The
 XADD is awaited inside `prediction_log.budget_ms`: past it, or with Redis gone, the record is appended to
-the worker's spool file instead (`<data>/<project>/prediction_spool/<pid>.jsonl`) and Redis is left alone
-for `retry_after_s`, so a slow Redis costs one budget, not one per request. After the next XADD that
-succeeds, the worker replays its spool into the stream in the background; `flows/land_predictions.py`
+the worker's spool file instead (`<data>/<project>/prediction_spool/<pid>.jsonl`). An error, or
+`TIMEOUTS_BEFORE_PAUSE` timeouts in a row, leave Redis alone for `retry_after_s`, so a slow Redis costs a few
+budgets, not one per request. After the next XADD that succeeds, the worker replays its spool into the
+stream in the background, in small batches between answers; `flows/land_predictions.py`
 replays the spools of workers that died. A record cut off by a timeout may have reached Redis and also
 the spool: landing is idempotent by `prediction_id`, so it is landed once.
 
@@ -30,12 +31,21 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eta.settings import PredictionLogSettings, Settings
 
 FIELD = b"r"  # the stream entry's one field: the record's JSON
-REPLAY_BATCH = 500  # XADDs per pipeline when a spool is replayed
+# XADDs per pipeline when a spool is replayed. The replay runs on the worker's event loop: a pipeline's
+# commands are packed and its replies parsed without a pause (about 20 us a record), so 500 at once held
+# answers back ~10 ms; 50 hold them ~1 ms, and the loop serves the waiting requests between batches.
+REPLAY_BATCH = 50
 DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
+# One slow round trip may be this worker's own stall, not Redis: only that record is spooled. Pausing
+# on it spooled every record for `retry_after_s` (250 at 500 req/s) and then replayed them, costing
+# more than the stall; an error, or timeouts in a row, mean Redis is gone or slow: spool and wait.
+TIMEOUTS_BEFORE_PAUSE = 3
+TIMEOUTS = (TimeoutError, RedisTimeoutError)  # the budget's, or the client's socket timeout when that is shorter
 logger = logging.getLogger(__name__)
 
 
@@ -114,6 +124,7 @@ class PredictionLog:
         self._spool = None
         self._unreplayed = self.spool_path.exists() or any(spool_dir(settings).glob(f"{os.getpid()}.*.replay"))
         self._retry_at = 0.0
+        self._timeouts_in_a_row = 0
         self._replaying: asyncio.Task | None = None
 
     async def write(self, record: dict[str, object]) -> None:
@@ -124,11 +135,15 @@ class PredictionLog:
                 async with asyncio.timeout(self.config.budget_ms / 1000):
                     await self.client.xadd(self.key, {FIELD: data}, maxlen=self.config.stream_max_len,
                                            approximate=True)
+                self._timeouts_in_a_row = 0
                 if self._unreplayed and self._replaying is None:
                     self._replaying = asyncio.create_task(self._replay())
                 return
             except DEPENDENCY_ERRORS as error:
-                self._retry_at = time.monotonic() + self.config.retry_after_s
+                timeout = isinstance(error, TIMEOUTS)
+                self._timeouts_in_a_row = self._timeouts_in_a_row + 1 if timeout else 0
+                if not timeout or self._timeouts_in_a_row >= TIMEOUTS_BEFORE_PAUSE:
+                    self._retry_at = time.monotonic() + self.config.retry_after_s
                 self.count(f"prediction_log_error:{type(error).__name__}", 1)
         self._append(data)
 
@@ -157,6 +172,7 @@ class PredictionLog:
                     if len(batch) == REPLAY_BATCH:
                         replayed += await self._add_all(batch)
                         batch = []
+                        await asyncio.sleep(0)  # the requests that came in meanwhile go first
                 replayed += await self._add_all(batch)
                 path.unlink()
                 self.count("prediction_log:replayed", replayed)

@@ -35,8 +35,10 @@ def test_parent_flow_ran_every_stage_through_the_prefect_api(pipeline_result, pr
         names = sorted(client.read_flow(r.flow_id).name for r in children)
         assert names == sorted(["ingest-orders", "build-features", "train-model", "build-bento", "check-drift"])
         assert all(r.state.is_completed() for r in children)
-        keys = {a.key for a in client.read_artifacts()}
-        assert {"ingest-report", "feature-tables", "online-staleness", "model-metrics", "gate-decision", "model-slices", "drift-report"} <= keys
+        wanted = ["ingest-report", "feature-tables", "online-staleness", "model-metrics", "gate-decision", "model-slices",
+                  "drift-report"]
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=wanted)))
+        assert {a.key for a in found} == set(wanted)
 
 
 def test_features_landed_in_the_real_redis(pipeline_result, settings):

@@ -113,11 +113,20 @@ def test_the_feedback_loop_triggers_the_retrain_deployment_with_its_reason_and_t
     """Through the real Prefect server: land the logged week, report it, and on a breach run the retrain
     deployment with the reason; a second look within the cool-down triggers nothing."""
     from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from eta.settings import get_settings
     from flows.feedback import feedback_loop
     from flows.train import train_model
 
+    def decisions() -> int:
+        # Filtered by key: the session's server holds every test's artifacts, and a page of them in id order
+        # (random uuids) holds any given ones only by chance.
+        with get_client(sync_client=True) as client:
+            return len(client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["retrain-decision"]))))
+
+    decided_before = decisions()
     deployment = train_model.to_deployment(name="retrain-feedback-test")  # no worker: the run waits, visible
     deployment.apply()
     answered = _replay_week(settings, "2026-10-05")
@@ -142,10 +151,7 @@ def test_the_feedback_loop_triggers_the_retrain_deployment_with_its_reason_and_t
     again = feedback_loop(week="2026-10-05")
     assert not again["decision"]["trigger"] and "cool-down" in again["decision"]["held_back"]
     assert again["retrain_run"] is None and again["landed"]["landed"] == 0, "the week was landed once"
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(limit=50)
-    decisions = [a for a in artifacts if a.key == "retrain-decision"]
-    assert len(decisions) >= 2, "every decision, triggered or not, is recorded"
+    assert decisions() == decided_before + 2, "every decision, triggered or not, is recorded"
     get_settings.cache_clear()
 
 

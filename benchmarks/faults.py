@@ -12,11 +12,10 @@ lasts ETA_FAULT_SECONDS (default 30 s):
    SIGKILL at a third of the run; the supervisor starts a new one. Reported: requests, answered (200),
    `no_reply` (the connections the dead worker held), and the longest time without any answer.
 
-Each run has a service of its own. After the run the service is stopped, then the land flow (`eta land`, on
-a Prefect server of this benchmark's own, up from the first landing on) lands the log: the stream, and the
-spools of workers no longer running (the killed worker's, and the tail a stopped worker had spooled since its
-last successful XADD: a running worker replays its spool only after its next one). `log_lost` counts the
-answered predictions (the `prediction_id` of every 200 answer) absent from the landed log (target 0);
+Each run has a service of its own. After the run the service is stopped (its workers ship their spools as they
+stop), then the land flow (`eta land`, on a Prefect server of this benchmark's own, up from the first landing
+on) lands the log: the stream, and the spools of workers no longer running that nobody shipped. `log_lost`
+counts the answered predictions (the `prediction_id` of every 200 answer) absent from the landed log (target 0);
 `spool_replayed_by_land` the records the land flow took from spools. Writes `benchmarks/results/faults.json`.
 """
 

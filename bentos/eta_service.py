@@ -100,6 +100,13 @@ class _Serving:
         gc.freeze()
         self.ready = True
 
+    @bentoml.on_shutdown
+    async def ship_prediction_log(self) -> None:
+        # Records the log has not shipped yet go to Redis before the worker exits (a scale-down, a new
+        # version); what Redis does not take stays in the spool, which `eta land` ships once the worker is gone.
+        if self.ready:
+            await self.predictor.drain()
+
     def __is_ready__(self) -> bool:
         return self.ready
 

@@ -132,8 +132,11 @@ class PredictionLogSettings(BaseModel):
 
     enabled: bool = True  # off only to measure what logging costs
     quote_sample_rate: float = Field(0.01, ge=0, le=1)  # quotes are many and cached: a share of them is enough
-    budget_ms: float = Field(5, gt=0)  # an XADD slower than this: the record goes to the worker's spool file
-    retry_after_s: float = Field(0.5, gt=0)  # after a failed XADD, spool without asking Redis this long
+    # Where workers append each record before shipping it (per namespace below it). Default: the data folder's
+    # `<project>/prediction_spool`; on Kubernetes the pod's own emptyDir (the data volume is read-only there).
+    spool_dir: Path | None = None
+    ship_timeout_ms: float = Field(1000, gt=0)  # a pipeline of spooled records slower than this is shipped again
+    retry_after_s: float = Field(0.5, gt=0)  # after a failed pipeline, records wait in the spool this long
     stream_max_len: int = Field(2_000_000, ge=1000)  # safety cap (approximate; ~1 kB an entry) if landing stops
     land_max_entries: int = Field(200_000, ge=1)  # entries one landing run takes from the stream
     land_batch: int = Field(10_000, ge=1)  # entries per XREADGROUP / Parquet file
@@ -191,6 +194,7 @@ class KubernetesSettings(BaseModel):
     data_claim: str = "eta-data"  # PersistentVolumeClaim holding the data folder (Feast registry, production pointer)
     data_claim_size: str = "20Gi"
     data_mount: str = "/var/lib/eta"
+    spool_mount: str = "/var/spool/eta"  # the serving pod's emptyDir for the prediction log's spool
     # Meal peaks: hours of the week whose mean orders reach peak_share of the busiest hour's, over the newest
     # peak_history_days of orders held; the autoscaler's floor goes up peak_lead_minutes before each peak.
     peak_share: float = Field(0.6, gt=0, le=1)

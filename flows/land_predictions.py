@@ -2,7 +2,8 @@
 
 Run: `eta land [--namespace NS]` or `python -m flows.land_predictions`.
 
-1. Spools of workers that died (`eta.serving.prediction_log`) are replayed into the stream first.
+1. Spools of workers on this machine that died (`eta.serving.prediction_log`), unless a worker starting
+   meanwhile shipped them, are replayed into the stream first.
 2. Entries are taken from the stream `eta:predictions:<project>` through the consumer group `landing`
    (at-least-once): first those another lander read and never acknowledged (`XAUTOCLAIM` after
    `claim_idle_s`: it died), then new ones (`XREADGROUP`), at most `land_max_entries` per run.
@@ -72,12 +73,15 @@ def replay_dead_spools(client: redis.Redis, settings: Settings) -> int:
     """XADD the records of dead workers' spools, then delete each file (a replay cut short re-adds: idempotent)."""
     key, replayed = stream_key(settings.feast_project), 0
     for path in dead_worker_spools(settings):
-        records = list(spool_records(path))
+        try:
+            records = list(spool_records(path))
+        except FileNotFoundError:  # a worker starting on this machine shipped it meanwhile
+            continue
         with client.pipeline(transaction=False) as pipe:
             for record in records:
                 pipe.xadd(key, {FIELD: record}, maxlen=settings.prediction_log.stream_max_len, approximate=True)
             pipe.execute()
-        path.unlink()
+        path.unlink(missing_ok=True)
         replayed += len(records)
     return replayed
 

@@ -62,7 +62,7 @@ from flows.train import train_model
 
 # Wall-clock caches and budgets scaled to the simulated clock (see the module's docstring).
 SERVICE_ENV = {"ETA_SERVING__STORE_FEATURES_TTL_S": "0.001", "ETA_SERVING__MARKET_FEATURES_TTL_S": "0.001",
-               "ETA_SERVING__FEATURE_TIMEOUT_MS": "1000", "ETA_PREDICTION_LOG__BUDGET_MS": "1000"}
+               "ETA_SERVING__FEATURE_TIMEOUT_MS": "1000"}
 DAY = pd.Timedelta(days=1)
 RETRAIN_TIMEOUT_S = 1800  # a hang guard: a retrain on a busy machine takes well under a minute
 

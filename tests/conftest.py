@@ -32,8 +32,6 @@ os.environ.update(
         # and caches must not turn degraded because this VM stalled; the tests of degradation set tiny
         # budgets, or a Redis that stalls, of their own.
         "ETA_SERVING__FEATURE_TIMEOUT_MS": "900",
-        # Likewise the prediction log's XADD budget: past it a record is spooled (tests of the spool stall Redis).
-        "ETA_PREDICTION_LOG__BUDGET_MS": "900",
         # LightGBM's OpenMP threads spin while they wait: on 2 busy cores a small fit took 61 s instead of 1.5 s.
         # Set before lightgbm is imported, here and in every process the tests start.
         "OMP_WAIT_POLICY": "passive",

@@ -184,6 +184,14 @@ def test_autoscalers_probes_and_resources_are_as_configured(peak_namespace, monk
         assert container["resources"] == {"requests": {"cpu": scaling.cpu_request, "memory": scaling.memory_request},
                                           "limits": {"cpu": scaling.cpu_limit, "memory": scaling.memory_limit}}
         assert "replicas" not in deployments[name]["spec"], "the autoscaler owns the count"
+        # The data volume is read-only to the services: the prediction log's spool is a folder of the pod's own.
+        env = {variable["name"]: variable.get("value") for variable in container["env"]}
+        mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert mounts["data"]["readOnly"] and volumes["data"]["persistentVolumeClaim"]["readOnly"]
+        assert env["ETA_PREDICTION_LOG__SPOOL_DIR"] == mounts["prediction-spool"]["mountPath"]
+        assert not mounts["prediction-spool"].get("readOnly") and volumes["prediction-spool"] == {
+            "name": "prediction-spool", "emptyDir": {}}
         assert _of_kind(docs, "PodDisruptionBudget")[name]["spec"]["minAvailable"] == settings.kubernetes.pdb_min_available
     order_args = deployments["eta-order"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert order_args[order_args.index("--depends") + 1] == f"EtaQuote=http://eta-quote:{settings.kubernetes.port}"

@@ -1,6 +1,6 @@
-"""The prediction log end to end: recorded before the answer leaves, spooled when Redis is down or stalled,
-replayed, landed through the real Prefect server idempotently, joined with orders ingested later, and one
-answer of the real `bentoml serve` found in the landed log.
+"""The prediction log end to end: in the worker's spool before the answer leaves, shipped to the stream behind
+it (once Redis is back when it was down or stalled), landed through the real Prefect server idempotently,
+joined with orders ingested later, and one answer of the real `bentoml serve` found in the landed log.
 
 Each test's stream is its Feast project's (`redis_store`: db 14, dropped afterwards); the Redis-loss tests
 run a `redis-server` of their own (with an fsync'd append-only file, as a managed Redis keeps what it
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import subprocess
+import time
 from datetime import date
 
 import httpx
@@ -36,10 +38,11 @@ from eta.serving.api import Order, QuoteRequest, QuoteStore
 from eta.serving.core import Predictor, redis_client
 from eta.serving.prediction_log import (
     FIELD,
-    REPLAY_BATCH,
-    TIMEOUTS_BEFORE_PAUSE,
+    ROTATE_BYTES,
+    SHIP_BYTES,
     PredictionLog,
     decode,
+    encode,
     spool_dir,
     stream_key,
 )
@@ -173,16 +176,25 @@ def _spool_files(settings) -> list:
     return sorted(folder.iterdir()) if folder.exists() else []
 
 
+async def _until(condition, what: str, seconds: float = 60) -> None:
+    """Wait for what the shipper does behind the answers; the deadline only a broken log reaches."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what}")
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize("failure", ["killed", "stalled"])
-def test_without_redis_records_are_spooled_and_replayed_when_it_is_back_nothing_lost(model, redis_store,
-                                                                                      durable_redis, failure):
+def test_without_redis_records_wait_in_the_spool_and_are_shipped_when_it_is_back_nothing_lost(model, redis_store,
+                                                                                            durable_redis, failure):
     settings, _, orders = redis_store
     port, server = durable_redis
     url = f"redis://127.0.0.1:{port}/0"
-    # Budgets a stalled Redis always overruns (it never answers) and a healthy one keeps on a slow machine.
+    # A feature budget a stalled Redis always overruns (it never answers) and a healthy one keeps on a slow machine.
     config = settings.model_copy(update={
         "redis_url": url, "serving": settings.serving.model_copy(update={"feature_timeout_ms": 300}),
-        "prediction_log": settings.prediction_log.model_copy(update={"budget_ms": 300, "retry_after_s": 0.2})})
+        "prediction_log": settings.prediction_log.model_copy(update={"ship_timeout_ms": 300, "retry_after_s": 0.2})})
     rows = list(orders.tail(9).iterrows())
 
     async def work(predictor):
@@ -192,80 +204,99 @@ def test_without_redis_records_are_spooled_and_replayed_when_it_is_back_nothing_
             server["process"].wait()
         else:
             server["process"].send_signal(signal.SIGSTOP)
+        predictor.features.fresh.clear()  # features are read again, not taken from the worker's cache
         answers += [await predictor.order(_order(row)) for _, row in rows[3:8]]
         spooled = [line for path in _spool_files(config) for line in path.read_bytes().splitlines()]
         if failure == "killed":
             server["process"] = server["start"]()  # its append-only file brings back what it acknowledged
         else:
             server["process"].send_signal(signal.SIGCONT)
-        await asyncio.sleep(0.3)  # past retry_after_s: the next record goes to Redis again
         answers.append(await predictor.order(_order(rows[8][1])))
-        await predictor.drain()  # the replay the successful XADD started
-        return answers, spooled
+        # The shipper catches up by itself once Redis answers again (no drain, no request needed).
+        await _until(lambda: predictor.log.backlog_bytes == 0, "the spool shipped after Redis came back")
+        return answers, spooled, set(_records(config))
 
-    answers, spooled = asyncio.run(_with_predictor(model, config, work, url=url))
+    answers, spooled, shipped = asyncio.run(_with_predictor(model, config, work, url=url))
     assert all(answer.degraded for answer in answers[3:8]), "Redis was gone for these answers"
-    assert {decode(line)["prediction_id"] for line in spooled} == {a.prediction_id for a in answers[3:8]}
-    assert set(_records(config)) >= {a.prediction_id for a in answers}, "every answered prediction is in the stream"
-    assert _spool_files(config) == [], "a replayed spool is deleted"
+    assert {decode(line)["prediction_id"] for line in spooled} >= {a.prediction_id for a in answers[3:8]}, \
+        "each answer's record was in the spool before Redis came back"
+    assert shipped >= {a.prediction_id for a in answers}, "every answered prediction is in the stream"
+    assert _spool_files(config) == [], "a drained, fully shipped spool is deleted"
 
 
-def test_one_slow_xadd_spools_one_record_and_only_timeouts_in_a_row_pause_the_log(redis_store, durable_redis):
-    """A stall of one round trip costs its record a spool line, not `retry_after_s` of records; Redis stalled
-    for good (timeouts in a row) is left alone, and the spool comes back in several small batches."""
+def test_the_shipper_retries_a_stalled_redis_ships_in_bounded_pipelines_and_truncates_a_shipped_spool(
+        redis_store, durable_redis):
+    """Records appended while Redis stalls wait in the spool (the shipper's pipelines time out and are retried);
+    once it answers they are all shipped, no pipeline over SHIP_BYTES, and the shipped spool is truncated."""
     settings, _, _ = redis_store
     port, server = durable_redis
     url = f"redis://127.0.0.1:{port}/0"
-    config = settings.model_copy(update={
-        "redis_url": url,
-        # A budget a healthy Redis keeps on a loaded machine; a pause far longer than spooling the records takes.
-        "prediction_log": settings.prediction_log.model_copy(update={"budget_ms": 900, "retry_after_s": 3.0})})
-    counts: dict[str, int] = {}
-    paused = 2 * REPLAY_BATCH + 7  # records written while the log leaves Redis alone: three batches to replay
+    config = settings.model_copy(update={"redis_url": url, "prediction_log": settings.prediction_log.model_copy(
+        update={"ship_timeout_ms": 300, "retry_after_s": 0.2})})
+    pipelines: list[int] = []
+    errors: list[str] = []
 
     def count(event: str, n: int) -> None:
-        counts[event] = counts.get(event, 0) + n
+        if event == "prediction_log:shipped":
+            pipelines.append(n)
+        elif event.startswith("prediction_log_error:"):
+            errors.append(event)
 
-    def record(i: int) -> dict:
-        return {"prediction_id": f"p{i:04d}", "kind": "order"}
+    padding = "x" * 1000
+    total = ROTATE_BYTES // 1000 + 50  # past the size at which a shipped spool is truncated
 
-    async def work() -> dict[str, dict[str, int]]:
+    async def work() -> dict[str, int]:
         client = redis_client(url)
         log = PredictionLog(client, config, count)
-        seen = {}
         try:
-            await log.write(record(0))
             server["process"].send_signal(signal.SIGSTOP)
-            await log.write(record(1))  # times out: spooled
+            for i in range(total):
+                log.write({"prediction_id": f"p{i:05d}", "kind": "order", "padding": padding})
+            appended = log.backlog_bytes
+            await _until(lambda: errors, "a pipeline to the stalled Redis failed")
+            held = log.spool_path.stat().st_size
             server["process"].send_signal(signal.SIGCONT)
-            await log.write(record(2))  # straight to Redis: one timeout did not pause the log
-            await log.drain()
-            seen["one_timeout"] = dict(counts)
-            server["process"].send_signal(signal.SIGSTOP)
-            for i in range(3, 3 + TIMEOUTS_BEFORE_PAUSE):
-                await log.write(record(i))
-            seen["timeouts_in_a_row"] = dict(counts)
-            for i in range(3 + TIMEOUTS_BEFORE_PAUSE, 3 + TIMEOUTS_BEFORE_PAUSE + paused):
-                await log.write(record(i))  # paused: spooled without asking Redis
-            seen["paused"] = dict(counts)
-            server["process"].send_signal(signal.SIGCONT)
-            await asyncio.sleep(3.2)  # past retry_after_s
-            await log.write(record(9999))
-            await log.drain()
-            seen["replayed"] = dict(counts)
-            return seen
+            await _until(lambda: log.backlog_bytes == 0, "the spool shipped once Redis answered")
+            return {"appended": appended, "held": held, "after": log.spool_path.stat().st_size}
         finally:
+            await log.drain()
             await client.aclose()
 
-    seen = asyncio.run(work())
-    assert seen["one_timeout"] == {"prediction_log_error:TimeoutError": 1, "prediction_log:spooled": 1,
-                                   "prediction_log:replayed": 1}
-    assert seen["timeouts_in_a_row"]["prediction_log_error:TimeoutError"] == 1 + TIMEOUTS_BEFORE_PAUSE
-    assert seen["paused"]["prediction_log_error:TimeoutError"] == 1 + TIMEOUTS_BEFORE_PAUSE, "Redis left alone"
-    assert seen["paused"]["prediction_log:spooled"] == 1 + TIMEOUTS_BEFORE_PAUSE + paused
-    assert seen["replayed"]["prediction_log:replayed"] == 1 + TIMEOUTS_BEFORE_PAUSE + paused
-    assert set(_records(config)) >= {f"p{i:04d}" for i in range(3 + TIMEOUTS_BEFORE_PAUSE + paused)} | {"p9999"}
-    assert _spool_files(config) == [], "a replayed spool is deleted"
+    sizes = asyncio.run(work())
+    assert sizes["held"] == sizes["appended"] > ROTATE_BYTES, "every record waited in the spool while Redis stalled"
+    assert sum(pipelines) == total and max(pipelines) <= SHIP_BYTES // 1000, pipelines
+    assert set(_records(config)) == {f"p{i:05d}" for i in range(total)}
+    assert sizes["after"] == 0, "a shipped spool past ROTATE_BYTES is truncated"
+    assert _spool_files(config) == []
+
+
+def test_a_worker_ships_the_spools_dead_workers_left_first(redis_store):
+    """A restarted worker (a container keeps its spool folder) ships what the dead ones left, a line cut short by
+    the crash skipped, before its own records; the files are deleted once shipped."""
+    settings, _, _ = redis_store
+    folder = spool_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is no process's now
+    left = [encode({"prediction_id": f"left-{i}", "kind": "order"}) for i in range(3)]
+    (folder / f"{dead.pid}.jsonl").write_bytes(b"\n".join(left) + b'\n{"prediction_id": "cut')
+    (folder / f"{os.getpid()}.jsonl").write_bytes(encode({"prediction_id": "own-pid", "kind": "order"}) + b"\n")
+
+    async def work() -> None:
+        client = redis_client(settings.redis_url)
+        log = PredictionLog(client, settings)
+        try:
+            log.write({"prediction_id": "new", "kind": "order"})
+            await _until(lambda: log.backlog_bytes == 0 and len(_spool_files(settings)) == 1, "left spools shipped")
+        finally:
+            await log.drain()
+            await client.aclose()
+
+    asyncio.run(work())
+    order = [decode(fields[FIELD])["prediction_id"] for _, fields in
+             redis.Redis.from_url(settings.redis_url).xrange(stream_key(settings.feast_project))]
+    assert sorted(order[:-1]) == ["left-0", "left-1", "left-2", "own-pid"] and order[-1] == "new"
+    assert _spool_files(settings) == []
 
 
 def _land(namespace: str) -> dict:
@@ -354,6 +385,7 @@ def test_an_answer_of_the_real_service_is_in_the_landed_log_joined_with_its_orde
     body = {field: order[field].item() for field in ORDER_REQUEST_FIELDS} | {"created_at": order["created_at"].isoformat()}
     answer = httpx.post(f"{service_url}/eta/order", json=body, timeout=10).json()
     assert answer["order_id"] == order["order_id"], "the service derives the id ingestion gave the order"
+    asyncio.run(_until(lambda: answer["prediction_id"] in _records(settings), "the service shipped the record"))
 
     from flows.land_predictions import joined_path, land_predictions
 

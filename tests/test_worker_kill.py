@@ -2,12 +2,12 @@
 received is in the landed log once BentoML has started a new worker and the land flow has run.
 
 A real `bentoml serve` of the pipeline's Bento, with a redis-server of this test's own (append-only file
-fsync'd on every write). Just before the kill, Redis stalls (SIGSTOP), so the worker dies holding both kinds
-of record: those in its spool (their XADD overran the budget; answered) and those whose XADD still waits (not
-answered yet). Redis is then killed while stalled and started again from its append-only file: commands it
-never executed are gone, as after a real crash. So the test fails if a record is written after its answer
-(it would still be waiting at the kill), if the spool is buffered inside the process (gone with it), or if a
-dead worker's spool is not replayed (by the land flow, while the service runs: the new worker has another pid).
+fsync'd on every write). Just before the kill, Redis stalls (SIGSTOP), so the worker dies with answered records
+its shipper could not take to Redis: they are only in its spool. Redis is then killed while stalled and started
+again from its append-only file: commands it never executed are gone, as after a real crash. So the test fails if
+a record is written after its answer, if the spool is buffered inside the process (gone with it), or if a dead
+worker's spool is not shipped (by the new worker, which ships the spools dead workers left when it starts, or by
+the land flow).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 
 from eta.features.definitions import ORDER_REQUEST_FIELDS
 from eta.model.registry import production_tag
+from eta.serving.prediction_log import spool_dir
 from eta.settings import get_settings
 from flows.processes import free_port
 from flows.service_process import bento_server, bento_workers
@@ -32,11 +33,8 @@ from tests.helpers import start_redis_server
 
 RATE, SECONDS = 40, 10  # 400 orders
 STALL_AT_S, KILL_AFTER_STALL_S = 3.0, 1.5
-# A budget the stall overruns well before the kill, so records are spooled, and a retry pause so short that
-# every later record waits on Redis again: at the kill, some answered records are in the spool and some
-# unanswered ones wait. Features give up after 50 ms: an answer takes ~0.45 s, inside BentoML's 1 s timeout.
-SERVER_ENV = {"ETA_PREDICTION_LOG__BUDGET_MS": "400", "ETA_PREDICTION_LOG__RETRY_AFTER_S": "0.001",
-              "ETA_SERVING__FEATURE_TIMEOUT_MS": "50"}
+# Features give up after 50 ms while Redis stalls: an answer takes ~0.15 s, inside BentoML's 1 s timeout.
+SERVER_ENV = {"ETA_SERVING__FEATURE_TIMEOUT_MS": "50"}
 
 
 @dataclass
@@ -116,16 +114,15 @@ def test_a_killed_worker_loses_no_answered_prediction(redis_store, own_redis, se
         assert after_restart, "the new worker answered requests sent after the kill"
         assert len(answered) > len(after_restart), "the killed worker had answered requests too"
 
-        # The land flow while the service runs, reading this Redis (the one the served Bento logged to): it
-        # replays the spool of the killed worker, which is no longer running.
+        # The land flow while the service runs, reading this Redis (the one the served Bento logged to): the
+        # killed worker's spool is shipped by then, by the new worker or by this flow, and deleted.
         monkeypatch.setenv("ETA_REDIS_URL", redis_url)
         get_settings.cache_clear()
-        while_serving = land_predictions(namespace=served.feast_project)
-        assert while_serving["spool_replayed"] > 0, f"the killed worker's spool was replayed: {while_serving}"
+        land_predictions(namespace=served.feast_project)
+        assert not (spool_dir(served) / f"{moments['killed_pid']}.jsonl").exists(), "the dead worker's spool shipped"
 
-    # Once the service stopped, a last landing: a running worker replays its spool only after its next successful
-    # XADD, so a record the new worker spooled in the burst of queued requests it starts with would
-    # wait for that, or for the worker to stop.
+    # Stopping the service ran its shutdown hook: the new worker shipped its spool and deleted it.
+    assert not [pid for pid in now_serving if (spool_dir(served) / f"{pid}.jsonl").exists()]
     land_predictions(namespace=served.feast_project)
     landed = set(pd.read_parquet(predictions_path(served), columns=["prediction_id"])["prediction_id"])
     missing = answered - landed

@@ -30,13 +30,15 @@ from eta.model.training import EtaModel
 from eta.orders.schema import request_order_id
 from eta.serving.api import Eta, Order, Quote, QuoteRequest
 from eta.serving.cache import CoalescingCache, ExpiringDict, SharedCache
-from eta.serving.prediction_log import TIMEOUTS_BEFORE_PAUSE, PredictionLog, new_prediction_id
+from eta.serving.prediction_log import PredictionLog, new_prediction_id
 from eta.settings import ServingSettings, Settings
 
 # A quote is shown before any basket exists: it prices the model's typical order (training medians).
 QUOTE_DEFAULTED_FIELDS = [f for f in REQUEST_FIELDS if f not in ("created_at", "market_id",
                                                                  "estimated_store_to_consumer_driving_duration")]
 DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
+# One slow read may be this worker's own stall at a burst, not Redis; timeouts in a row mean Redis is slow.
+TIMEOUTS_BEFORE_PAUSE = 3
 logger = logging.getLogger(__name__)
 
 
@@ -177,7 +179,7 @@ class Predictor:
             market_features_found=market.found,
         )
         if record and self.log is not None:
-            await self.log.write(_order_record(eta, row, store, market))
+            self.log.write(_order_record(eta, row, store, market))
         return eta
 
     def quote_keys(self, request: QuoteRequest) -> tuple[float, list[str]]:
@@ -212,7 +214,7 @@ class Predictor:
         etas = [{"store_id": store.store_id, "minutes": point, "range_min": (low, high), "degraded": flag}
                 for store, (point, low, high, flag) in zip(request.stores, answers)]
         if record and self.log is not None and random.random() < self.quote_sample_rate:
-            await self.log.write(_quote_record(self.model_version, at, request, answers, degraded))
+            self.log.write(_quote_record(self.model_version, at, request, answers, degraded))
         return Quote.model_validate({"model_version": self.model_version, "etas": etas, "degraded": degraded})
 
     async def _quote_misses(self, at: float, market_id: int, stores: list, keys: list[str]):
@@ -256,7 +258,7 @@ class Predictor:
                 for p, lo, hi in zip(point, lower, upper)]
 
     async def drain(self) -> None:
-        """Wait for the L2 writes and a log replay still on their way (before a shutdown closes the pool)."""
+        """Wait for the L2 writes on their way and ship what the log holds (before a shutdown closes the pool)."""
         await asyncio.gather(*self._background)
         if self.log is not None:
             await self.log.drain()

@@ -83,7 +83,12 @@ def deployment(settings: Settings, name: str, scaling: ServiceScaling) -> Manife
         args += ["--depends", f"{dependency}=http://{_deployment_of(settings, dependency)}:{k8s.port}"]
     sections = ("gcp", "serving") if settings.profile == "gcp" else ("serving",)
     env = [{"name": key, "value": value} for key, value in settings_env(settings, sections).items()]
+    # The prediction log appends each answer's record to a spool before shipping it to Redis: a folder of the
+    # pod's own, kept across container restarts (a restarted worker ships what the dead one left); a pod
+    # stopping ships its spool first (BentoML's shutdown hook, inside terminationGracePeriodSeconds).
+    env.append({"name": "ETA_PREDICTION_LOG__SPOOL_DIR", "value": k8s.spool_mount})
     volume, mount = _data_volume(settings, read_only=True)
+    spool = {"name": "prediction-spool", "emptyDir": {}}
     probe = {"port": "http"}
     period = 5
     container = {
@@ -99,7 +104,7 @@ def deployment(settings: Settings, name: str, scaling: ServiceScaling) -> Manife
                          "failureThreshold": -(-k8s.startup_seconds // period)},
         "livenessProbe": {"httpGet": {"path": "/livez", **probe}, "periodSeconds": 10, "failureThreshold": 3},
         "readinessProbe": {"httpGet": {"path": "/readyz", **probe}, "periodSeconds": period, "failureThreshold": 2},
-        "volumeMounts": [mount],
+        "volumeMounts": [mount, {"name": spool["name"], "mountPath": k8s.spool_mount}],
     }
     return {
         "apiVersion": "apps/v1",
@@ -110,7 +115,7 @@ def deployment(settings: Settings, name: str, scaling: ServiceScaling) -> Manife
             "selector": {"matchLabels": _labels(name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": {"labels": _labels(name)},
-                         "spec": {"containers": [container], "volumes": [volume]}},
+                         "spec": {"containers": [container], "volumes": [volume, spool]}},
         },
     }
 

@@ -1,27 +1,32 @@
 """The prediction log: every order answer, and a sample of quote answers, recorded before the answer leaves.
 
-A record is one JSON object (orjson), added with one XADD to the Redis Stream `eta:predictions:<project>`
-(capped approximately at `prediction_log.stream_max_len`, a safety net should landing stop for days). The
-XADD is awaited inside `prediction_log.budget_ms`: past it, or with Redis gone, the record is appended to
-the worker's spool file instead (`<data>/<project>/prediction_spool/<pid>.jsonl`). An error, or
-`TIMEOUTS_BEFORE_PAUSE` timeouts in a row, leave Redis alone for `retry_after_s`, so a slow Redis costs a few
-budgets, not one per request. After the next XADD that succeeds, the worker replays its spool into the
-stream in the background, in small batches between answers; `flows/land_predictions.py`
-replays the spools of workers that died. A record cut off by a timeout may have reached Redis and also
-the spool: landing is idempotent by `prediction_id`, so it is landed once.
+Written ahead, shipped behind. A record (one JSON object, orjson) is appended to the worker's spool file
+(`<data>/<project>/prediction_spool/<pid>.jsonl`) with one unbuffered `write` before the answer is returned;
+a shipper task on the worker's event loop moves what was appended into the Redis Stream
+`eta:predictions:<project>` (capped approximately at `prediction_log.stream_max_len`, a safety net should
+landing stop for days) behind the answers: up to `SHIP_BYTES` of records a pipeline, `SHIP_LINGER_S` after
+the first of them. A pipeline that fails, or takes longer than `ship_timeout_ms`, leaves its records in the
+spool and Redis alone for `retry_after_s`; they are shipped again then (a timed-out pipeline may have reached
+Redis: landing is idempotent by `prediction_id`). Once the stream holds everything in the spool and the file
+has grown past `ROTATE_BYTES` it is truncated, so it holds about the last thousand records.
 
-The spool is written with one unbuffered `write` per record, not fsync'd: once `write` returns the bytes
-belong to the kernel and survive the worker's crash or SIGKILL (what BentoML restarts it from); only the
-whole machine going down in the next seconds loses them. An fsync per record costs milliseconds on a
-cloud disk, the whole latency budget of an answer.
+Why not an XADD before each answer: waiting for Redis's reply put redis-server's scheduling on every
+answer's path. On this machine's 2 shared cores that cost +0.3 ms at the median and +1 to +5 ms at p99 at
+500 req/s (`make bench-serving`, docs/serving.md); the append costs ~10 us, and the shipper's round trips
+come between answers.
 
-No thread and no task per request: the XADD is awaited on the request's own event loop; the only
-background task is a replay, at most one at a time.
+Durable: once `write` returns the bytes belong to the kernel. They survive the worker's crash or SIGKILL
+(what BentoML restarts it from; `flows/land_predictions.py` ships the spools of workers that died) and a
+Redis outage (the spool grows until Redis is back). Only the whole machine going down before the next
+pipeline, milliseconds later, loses them: an fsync per record costs milliseconds on a cloud disk, the whole
+latency budget of an answer. A spool left by an earlier process with this pid (a container restarted) is
+moved aside and shipped first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -31,21 +36,17 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eta.settings import PredictionLogSettings, Settings
 
 FIELD = b"r"  # the stream entry's one field: the record's JSON
-# XADDs per pipeline when a spool is replayed. The replay runs on the worker's event loop: a pipeline's
-# commands are packed and its replies parsed without a pause (about 20 us a record), so 500 at once held
-# answers back ~10 ms; 50 hold them ~1 ms, and the loop serves the waiting requests between batches.
-REPLAY_BATCH = 50
+# Records per pipeline, by size (~60 order records). A pipeline's commands are packed and its replies parsed
+# on the event loop without a pause (about 20 us a record): 500 at once held answers back ~10 ms; this
+# many hold them ~1 ms, and the loop serves the waiting requests between pipelines.
+SHIP_BYTES = 64 * 1024
+SHIP_LINGER_S = 0.005  # after a record is appended: the next ones ride in the same pipeline
+ROTATE_BYTES = 1024 * 1024  # a shipped spool this large is truncated
 DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
-# One slow round trip may be this worker's own stall, not Redis: only that record is spooled. Pausing
-# on it spooled every record for `retry_after_s` (250 at 500 req/s) and then replayed them, costing
-# more than the stall; an error, or timeouts in a row, mean Redis is gone or slow: spool and wait.
-TIMEOUTS_BEFORE_PAUSE = 3
-TIMEOUTS = (TimeoutError, RedisTimeoutError)  # the budget's, or the client's socket timeout when that is shorter
 logger = logging.getLogger(__name__)
 
 
@@ -54,7 +55,8 @@ def stream_key(project: str) -> str:
 
 
 def spool_dir(settings: Settings) -> Path:
-    return settings.project_path / "prediction_spool"
+    configured = settings.prediction_log.spool_dir
+    return configured / settings.feast_project if configured else settings.project_path / "prediction_spool"
 
 
 def new_prediction_id() -> str:
@@ -101,7 +103,7 @@ def _alive(pid: int) -> bool:
 def dead_worker_spools(settings: Settings) -> list[Path]:
     """Spool files (`<pid>.jsonl`, `<pid>.<n>.replay`) of workers no longer running on this machine.
 
-    The spool folder is per machine (a pod's data folder): a pid is only meaningful there.
+    The spool folder is per machine (on Kubernetes, per pod): a pid is only meaningful there.
     """
     folder = spool_dir(settings)
     if not folder.exists():
@@ -111,88 +113,151 @@ def dead_worker_spools(settings: Settings) -> list[Path]:
                   and not _alive(_pid_of(path)))
 
 
+def _report_stop(shipper: asyncio.Task) -> None:
+    """A shipper stops only when drained; anything else leaves records in the spool until `drain` or `eta land`."""
+    if not shipper.cancelled() and shipper.exception() is not None:
+        logger.error("prediction log shipper stopped", exc_info=shipper.exception())
+
+
+def _batches(records: list[bytes]) -> Iterator[list[bytes]]:
+    """Consecutive records, at most SHIP_BYTES of them a batch (a longer record alone)."""
+    batch: list[bytes] = []
+    size = 0
+    for record in records:
+        if batch and size + len(record) > SHIP_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += len(record)
+    if batch:
+        yield batch
+
+
 class PredictionLog:
-    """One worker's writer: the stream when Redis answers within budget, its spool file otherwise."""
+    """One worker's log (one per process: the spool is named by pid): its spool file, shipped to the stream."""
 
     def __init__(self, client: aioredis.Redis, settings: Settings,
                  count: Callable[[str, int], None] = lambda event, n: None) -> None:
+        self.settings = settings
         self.config: PredictionLogSettings = settings.prediction_log
         self.client = client
         self.key = stream_key(settings.feast_project)
         self.spool_path = spool_dir(settings) / f"{os.getpid()}.jsonl"
         self.count = count
-        self._spool = None
-        self._unreplayed = self.spool_path.exists() or any(spool_dir(settings).glob(f"{os.getpid()}.*.replay"))
-        self._retry_at = 0.0
-        self._timeouts_in_a_row = 0
-        self._replaying: asyncio.Task | None = None
+        self._fd: int | None = None
+        self._written = 0  # bytes appended to the spool file since it was last truncated
+        self._shipped = 0  # of those, in the stream
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._shipper: asyncio.Task | None = None
 
-    async def write(self, record: dict[str, object]) -> None:
-        """Record durably: in the stream, or (Redis slow or down) in the spool. Never raises for Redis."""
-        data = encode(record)
-        if time.monotonic() >= self._retry_at:
+    def write(self, record: dict[str, object]) -> None:
+        """Append the record to the spool (in the kernel when this returns); the shipper takes it to Redis."""
+        if self._fd is None:
+            self._open()
+        data = encode(record) + b"\n"
+        written = os.write(self._fd, data)
+        if written != len(data):  # a regular file writes all of it but on a full disk: the answer must fail
+            raise OSError(f"prediction spool {self.spool_path}: wrote {written} of {len(data)} bytes")
+        self._written += written
+        self._wake.set()
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Appended to the spool, not yet in the stream."""
+        return self._written - self._shipped
+
+    def _open(self) -> None:
+        folder = self.spool_path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.spool_path.exists():  # an earlier process with this pid left it: shipped before new records
+            self.spool_path.rename(self.spool_path.with_suffix(f".{time.time_ns()}.replay"))
+        self._fd = os.open(self.spool_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._shipper = asyncio.get_running_loop().create_task(self._ship())
+        self._shipper.add_done_callback(_report_stop)
+
+    async def _ship(self) -> None:
+        """Until drained: wait for records, let a few more come, ship them; after a failure wait `retry_after_s`.
+
+        Stopped by `drain` through `_stop`, not by cancelling: a redis-py pipeline can finish as if a
+        cancellation that reached it mid-command never came, and the shipper would wait on forever.
+        """
+        await self._ship_left_behind()
+        while not self._stop.is_set():
+            await self._wake.wait()
+            if not self._stop.is_set():
+                await asyncio.sleep(SHIP_LINGER_S)
+            self._wake.clear()
+            if not await self._ship_appended():
+                await self._pause()
+                self._wake.set()
+
+    async def _pause(self) -> None:
+        """`retry_after_s`, or less if `drain` asks the shipper to stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.retry_after_s):
+                await self._stop.wait()
+
+    async def _ship_appended(self) -> bool:
+        """Ship the spool up to what is appended now; False (the rest stays) when Redis failed."""
+        while self._shipped < self._written:
+            start, end = self._shipped, self._written
+            chunk = os.pread(self._fd, min(end - start, SHIP_BYTES), start)
+            whole = chunk.rfind(b"\n") + 1
+            if whole == 0:  # one record longer than SHIP_BYTES
+                chunk = os.pread(self._fd, end - start, start)
+                whole = chunk.rfind(b"\n") + 1
+            if not await self._ship_batch(chunk[:whole].split(b"\n")[:-1]):
+                return False
+            self._shipped = start + whole
+        if self._written >= ROTATE_BYTES:  # all of it in the stream, and no await since the check
+            os.ftruncate(self._fd, 0)
+            self._written = self._shipped = 0
+        return True
+
+    async def _ship_left_behind(self) -> None:
+        """Spools of workers no longer running (a restarted container's; one with this pid was moved aside by
+        `_open`): shipped, then deleted. `eta land` does the same; a spool both ship is landed once."""
+        own = sorted(self.spool_path.parent.glob(f"{os.getpid()}.*.replay"))
+        for path in own + dead_worker_spools(self.settings):
             try:
-                async with asyncio.timeout(self.config.budget_ms / 1000):
-                    await self.client.xadd(self.key, {FIELD: data}, maxlen=self.config.stream_max_len,
-                                           approximate=True)
-                self._timeouts_in_a_row = 0
-                if self._unreplayed and self._replaying is None:
-                    self._replaying = asyncio.create_task(self._replay())
-                return
-            except DEPENDENCY_ERRORS as error:
-                timeout = isinstance(error, TIMEOUTS)
-                self._timeouts_in_a_row = self._timeouts_in_a_row + 1 if timeout else 0
-                if not timeout or self._timeouts_in_a_row >= TIMEOUTS_BEFORE_PAUSE:
-                    self._retry_at = time.monotonic() + self.config.retry_after_s
-                self.count(f"prediction_log_error:{type(error).__name__}", 1)
-        self._append(data)
+                records = list(spool_records(path))
+            except FileNotFoundError:  # `eta land` shipped it meanwhile
+                continue
+            for batch in _batches(records):
+                while not await self._ship_batch(batch):
+                    if self._stop.is_set():
+                        return  # the file stays for the next worker or `eta land`
+                    await self._pause()
+            path.unlink(missing_ok=True)
+            logger.info("prediction spool left behind shipped", extra={"spool": str(path)})
 
-    def _append(self, data: bytes) -> None:
-        if self._spool is None:
-            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-            self._spool = open(self.spool_path, "ab", buffering=0)  # noqa: SIM115 - kept open while spooling
-        self._spool.write(data + b"\n")
-        self._unreplayed = True
-        self.count("prediction_log:spooled", 1)
-
-    async def _replay(self) -> None:
-        """Move the spool aside (new records start a new file), XADD its records, delete it once all are in."""
-        self._unreplayed = False
+    async def _ship_batch(self, records: list[bytes]) -> bool:
+        """One pipeline of XADDs within `ship_timeout_ms`; False when Redis failed."""
         try:
-            if self._spool is not None:
-                self._spool.close()
-                self._spool = None
-            if self.spool_path.exists():
-                self.spool_path.rename(self.spool_path.with_suffix(f".{time.time_ns()}.replay"))
-            for path in sorted(self.spool_path.parent.glob(f"{os.getpid()}.*.replay")):
-                replayed = 0
-                batch: list[bytes] = []
-                for record in spool_records(path):
-                    batch.append(record)
-                    if len(batch) == REPLAY_BATCH:
-                        replayed += await self._add_all(batch)
-                        batch = []
-                        await asyncio.sleep(0)  # the requests that came in meanwhile go first
-                replayed += await self._add_all(batch)
-                path.unlink()
-                self.count("prediction_log:replayed", replayed)
-                logger.info("prediction spool replayed", extra={"spool": str(path), "records": replayed})
+            async with asyncio.timeout(self.config.ship_timeout_ms / 1000):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for record in records:
+                        pipe.xadd(self.key, {FIELD: record}, maxlen=self.config.stream_max_len, approximate=True)
+                    await pipe.execute()
         except DEPENDENCY_ERRORS as error:
-            self._unreplayed = True  # the file stays; the next successful XADD tries again
             self.count(f"prediction_log_error:{type(error).__name__}", 1)
-        finally:
-            self._replaying = None
-
-    async def _add_all(self, records: list[bytes]) -> int:
-        if not records:
-            return 0
-        async with self.client.pipeline(transaction=False) as pipe:
-            for record in records:
-                pipe.xadd(self.key, {FIELD: record}, maxlen=self.config.stream_max_len, approximate=True)
-            await pipe.execute()
-        return len(records)
+            return False
+        self.count("prediction_log:shipped", len(records))
+        return True
 
     async def drain(self) -> None:
-        """Wait for a replay on its way (before a shutdown closes the pool)."""
-        if self._replaying is not None:
-            await self._replaying
+        """Ship what is left and stop (before a shutdown closes the pool): one more try after a failure. Once all
+        of it is in the stream the spool is deleted; what Redis did not take stays in it for the next worker on this
+        machine or `eta land`, which ship dead workers' spools."""
+        if self._shipper is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        await asyncio.gather(self._shipper, return_exceptions=True)
+        if await self._ship_appended():
+            self.spool_path.unlink()
+        os.close(self._fd)
+        self._fd, self._shipper = None, None
+        self._written = self._shipped = 0
+        self._stop.clear()

@@ -4,23 +4,23 @@ Written ahead, shipped behind. A record (one JSON object, orjson) is appended to
 (`<data>/<project>/prediction_spool/<pid>.jsonl`) with one unbuffered `write` before the answer is returned;
 a shipper task on the worker's event loop moves what was appended into the Redis Stream
 `eta:predictions:<project>` (capped approximately at `prediction_log.stream_max_len`, a safety net should
-landing stop for days) behind the answers: up to `SHIP_BYTES` of records a pipeline, `SHIP_LINGER_S` after
-the first of them. A pipeline that fails, or takes longer than `ship_timeout_ms`, leaves its records in the
+landing stop for days) behind the answers: up to `SHIP_BYTES` of records a pipeline, `SHIP_LINGER_S` (50 ms)
+after the first of them. A pipeline that fails, or takes longer than `ship_timeout_ms`, leaves its records in the
 spool and Redis alone for `retry_after_s`; they are shipped again then (a timed-out pipeline may have reached
 Redis: landing is idempotent by `prediction_id`). Once the stream holds everything in the spool and the file
 has grown past `ROTATE_BYTES` it is truncated, so it holds about the last thousand records.
 
 Why not an XADD before each answer: waiting for Redis's reply put redis-server's scheduling on every
 answer's path. On this machine's 2 shared cores that cost +0.3 ms at the median and +1 to +5 ms at p99 at
-500 req/s (`make bench-serving`, docs/serving.md); the append costs ~10 us, and the shipper's round trips
+500 req/s (`make bench-serving`, docs/serving.md); the append costs 3-4 us, and the shipper's round trips
 come between answers.
 
 Durable: once `write` returns the bytes belong to the kernel. They survive the worker's crash or SIGKILL
 (what BentoML restarts it from; `flows/land_predictions.py` ships the spools of workers that died) and a
 Redis outage (the spool grows until Redis is back). Only the whole machine going down before the next
-pipeline, milliseconds later, loses them: an fsync per record costs milliseconds on a cloud disk, the whole
-latency budget of an answer. A spool left by an earlier process with this pid (a container restarted) is
-moved aside and shipped first.
+pipeline, within ~50 ms, loses them: an fsync per record costs milliseconds on a cloud disk, the whole
+latency budget of an answer. A worker starting ships the spools dead workers left in its folder first (a
+restarted container's; one of its own pid is moved aside).
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ FIELD = b"r"  # the stream entry's one field: the record's JSON
 # on the event loop without a pause (about 20 us a record): 500 at once held answers back ~10 ms; this
 # many hold them ~1 ms, and the loop serves the waiting requests between pipelines.
 SHIP_BYTES = 64 * 1024
-SHIP_LINGER_S = 0.005  # after a record is appended: the next ones ride in the same pipeline
+# After a record is appended, the shipper waits this long for the next ones to ride in the same pipeline.
+# redis-py's cost is mostly per pipeline: at 500 records/s a pipeline every 5 ms took ~250 us of CPU a
+# record, every 50 ms ~65-105 us (and an XADD awaited per answer ~300 us), measured on one slow hour.
+SHIP_LINGER_S = 0.05
 ROTATE_BYTES = 1024 * 1024  # a shipped spool this large is truncated
 DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
 logger = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from eta.features.definitions import (
     model_inputs,
 )
 from eta.orders.schema import delivery_minutes
-from eta.serving.prediction_log import FIELD, dead_worker_spools, decode, spool_records, stream_key
+from eta.serving.prediction_log import FIELD, dead_worker_spools, decode, queue_xadds, spool_records, stream_key
 from eta.settings import Settings
 from flows.common import retry_unless_user_error, settings_with
 
@@ -78,8 +78,7 @@ def replay_dead_spools(client: redis.Redis, settings: Settings) -> int:
         except FileNotFoundError:  # a worker starting on this machine shipped it meanwhile
             continue
         with client.pipeline(transaction=False) as pipe:
-            for record in records:
-                pipe.xadd(key, {FIELD: record}, maxlen=settings.prediction_log.stream_max_len, approximate=True)
+            queue_xadds(pipe, key, records, settings.prediction_log)
             pipe.execute()
         path.unlink(missing_ok=True)
         replayed += len(records)

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -74,6 +74,12 @@ def encode(record: dict[str, object]) -> bytes:
 
 def decode(raw: bytes) -> dict[str, object]:
     return orjson.loads(raw)
+
+
+def queue_xadds(pipe, key: str, records: Iterable[bytes], config: PredictionLogSettings) -> None:
+    """One XADD per record onto a pipeline (redis-py's sync or asyncio one: both only queue), capped as configured."""
+    for record in records:
+        pipe.xadd(key, {FIELD: record}, maxlen=config.stream_max_len, approximate=True)
 
 
 def spool_records(path: Path) -> Iterator[bytes]:
@@ -240,8 +246,7 @@ class PredictionLog:
         try:
             async with asyncio.timeout(self.config.ship_timeout_ms / 1000):
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for record in records:
-                        pipe.xadd(self.key, {FIELD: record}, maxlen=self.config.stream_max_len, approximate=True)
+                    queue_xadds(pipe, self.key, records, self.config)
                     await pipe.execute()
         except DEPENDENCY_ERRORS as error:
             self.count(f"prediction_log_error:{type(error).__name__}", 1)

@@ -312,6 +312,22 @@ def _landed(settings) -> pd.DataFrame:
     return pd.read_parquet(predictions_path(settings))
 
 
+def test_the_land_flow_ships_and_lands_a_dead_workers_spool_that_no_worker_shipped(redis_store, prefect_server):
+    settings, _, _ = redis_store
+    folder = spool_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is no process's now
+    left = [encode({"prediction_id": f"dead-{i}", "kind": "quote", "logged_at": time.time(),
+                    "created_at": "2026-10-05T12:00:00+00:00"}) for i in range(4)]
+    (folder / f"{dead.pid}.jsonl").write_bytes(b"\n".join(left) + b'\n{"prediction_id": "cut')
+
+    summary = _land(settings.feast_project)
+    assert summary["spool_replayed"] == 4 and summary["landed"] == 4, summary
+    assert set(_landed(settings)["prediction_id"]) == {f"dead-{i}" for i in range(4)}
+    assert _spool_files(settings) == [], "a replayed spool is deleted"
+
+
 def test_landing_claims_what_a_dead_reader_left_trims_only_after_writing_and_never_duplicates(
         model, redis_store, prefect_server, monkeypatch):
     from flows.land_predictions import GROUP, predictions_path

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test lock clean bench-accuracy bench-training bench-serving bench-faults bench-features bench-monitoring manifests up down
+.PHONY: venv demo test lock clean bench-accuracy bench-range bench-training bench-serving bench-faults bench-features bench-monitoring manifests up down
 
 # The virtualenv is rebuilt whenever the lock file changes.
 $(BIN)/.synced: requirements.lock pyproject.toml
@@ -73,6 +73,11 @@ DOORDASH := ../shared/data/doordash_orders_sample.csv
 bench-accuracy: venv
 	$(BIN)/eta train --orders $(DOORDASH) --train-until 2015-02-11 > /dev/null
 	$(BIN)/python -m benchmarks.accuracy_ceiling
+
+## The 80% range per DoorDash market: the test week, earlier weeks, and the chance an exact range lands every market in 77-83%; writes benchmarks/results/range_per_market.json.
+bench-range: venv
+	$(BIN)/eta train --orders $(DOORDASH) --train-until 2015-02-11 > /dev/null
+	$(BIN)/python -m benchmarks.range_per_market
 
 ## Training benchmark on 1M simulated orders; writes benchmarks/results/training.json.
 bench-training: venv

@@ -22,7 +22,6 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from eta.features.definitions import MARKET_STATE_FEATURES, REQUEST_FIELDS, STORE_HISTORY_FEATURES, model_inputs
 from eta.features.online import MARKET_STATE, STORE_HISTORY, VIEWS, FeatureKey, FeatureVector, OnlineFeatureReader
@@ -30,13 +29,12 @@ from eta.model.training import EtaModel
 from eta.orders.schema import request_order_id
 from eta.serving.api import Eta, Order, Quote, QuoteRequest
 from eta.serving.cache import CoalescingCache, ExpiringDict, SharedCache
-from eta.serving.prediction_log import PredictionLog, new_prediction_id
+from eta.serving.prediction_log import DEPENDENCY_ERRORS, PredictionLog, new_prediction_id
 from eta.settings import ServingSettings, Settings
 
 # A quote is shown before any basket exists: it prices the model's typical order (training medians).
 QUOTE_DEFAULTED_FIELDS = [f for f in REQUEST_FIELDS if f not in ("created_at", "market_id",
                                                                  "estimated_store_to_consumer_driving_duration")]
-DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
 # One slow read may be this worker's own stall at a burst, not Redis; timeouts in a row mean Redis is slow.
 TIMEOUTS_BEFORE_PAUSE = 3
 logger = logging.getLogger(__name__)

@@ -49,6 +49,7 @@ SHIP_BYTES = 64 * 1024
 # record, every 50 ms ~65-105 us (and an XADD awaited per answer ~300 us), measured on one slow hour.
 SHIP_LINGER_S = 0.05
 ROTATE_BYTES = 1024 * 1024  # a shipped spool this large is truncated
+# What a missing or slow Redis raises, here and in the serving core: counted and survived, never a 5xx.
 DEPENDENCY_ERRORS = (RedisError, OSError, TimeoutError)
 logger = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ bench-accuracy: venv
 	$(BIN)/eta train --orders $(DOORDASH) --train-until 2015-02-11 > /dev/null
 	$(BIN)/python -m benchmarks.accuracy_ceiling
 
-## The 80% range per DoorDash market: the test week, earlier weeks, and the chance an exact range lands every market in 77-83%; writes benchmarks/results/range_per_market.json.
+## The 80% range per DoorDash market: the test week, earlier windows, and the chance a split-conformal range lands every market in 77-83%; writes benchmarks/results/range_per_market.json.
 bench-range: venv
 	$(BIN)/eta train --orders $(DOORDASH) --train-until 2015-02-11 > /dev/null
 	$(BIN)/python -m benchmarks.range_per_market

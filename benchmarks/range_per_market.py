@@ -76,9 +76,9 @@ def spread(residuals: np.ndarray) -> float:
 
 
 def normalised_ranges(split: TimeSplit, config: TrainingSettings, k: float = 25) -> dict[float, tuple[float, float]]:
-    """The candidate: each market's spread of log residuals on its training orders (shrunk by n / (n + k); k = 25
-    was the best of 0-200 on the earlier windows, and no shrinkage was as good), one conformal quantile of the
-    calibration residuals divided by their market's spread.
+    """The candidate: each market's spread of log residuals on its training orders (shrunk by n / (n + k): on the
+    earlier windows k = 0 and 25 did best of 0-200, and 25 still steadies a market near the minimum count), one
+    conformal quantile of the calibration residuals divided by their market's spread.
 
     The spreads are in-sample (the model fitted those orders), so they are too narrow; a common factor cancels
     in the one quantile, an uneven one by market size would not. A market needs `market_range_min_orders`

@@ -21,7 +21,7 @@ import pandas as pd
 
 from eta.features.definitions import MARKET_STATE_FEATURES, MODEL_FEATURES, REQUEST_FIELDS, epoch_seconds, model_inputs
 from eta.model.training import LABEL, lightgbm_params, platform_estimate_minutes, split_by_time, train_eta_model
-from eta.settings import get_settings
+from eta.settings import TrainingSettings, get_settings
 from flows.common import namespace_for
 
 ORDERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "doordash_orders_sample.csv"
@@ -81,10 +81,14 @@ def _mae(predicted: np.ndarray, actual: np.ndarray) -> float:
     return round(float(np.mean(np.abs(predicted - actual))), 3)
 
 
-def main() -> None:
+def doordash_training_set() -> tuple[pd.DataFrame, TrainingSettings]:
+    """The training set `eta train --orders ORDERS --train-until 2015-02-11` built, and the training settings."""
     settings = get_settings().in_namespace(namespace_for(str(ORDERS), None))
-    frame = pd.read_parquet(settings.project_path / "training_set.parquet")
-    config = settings.training
+    return pd.read_parquet(settings.project_path / "training_set.parquet"), settings.training
+
+
+def main() -> None:
+    frame, config = doordash_training_set()
     params = lightgbm_params(config)
     test = (frame["created_at"] >= TEST_FROM).to_numpy()
     actual, log_label, base = frame[LABEL].to_numpy(), np.log(frame[LABEL].to_numpy()), model_inputs(frame)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.accuracy_ceiling import TEST_FROM, doordash_training_set
 from eta.features.definitions import model_inputs
 from eta.model.training import (
     LABEL,
@@ -37,11 +38,8 @@ from eta.model.training import (
     split_by_time,
     train_eta_model,
 )
-from eta.settings import TrainingSettings, get_settings
-from flows.common import namespace_for
+from eta.settings import TrainingSettings
 
-ORDERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "doordash_orders_sample.csv"
-TEST_FROM = pd.Timestamp("2015-02-11", tz="UTC")
 BAND = (0.77, 0.83)
 MIN_TEST_ORDERS = 100
 # Earlier windows, all before the test days: one of 7 days like the test week, and five of 2 days.
@@ -120,9 +118,7 @@ def chance_all_in_band(test_orders: list[int], calibration_orders: list[int] | N
 
 
 def main() -> None:
-    settings = get_settings().in_namespace(namespace_for(str(ORDERS), None))
-    frame = pd.read_parquet(settings.project_path / "training_set.parquet")
-    config = settings.training
+    frame, config = doordash_training_set()
 
     split = split_by_time(frame, config, TEST_FROM)
     model = train_eta_model(split, config)
